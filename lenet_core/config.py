@@ -1,0 +1,157 @@
+"""``TrialConfig``: the one frozen, typed description of a training run.
+
+It travels unchanged from the CLI, an experiment file or a ``best.json`` to
+``train_trial``; every result carries it so any trial can be replayed outside Ray.
+Field metadata holds the help text the CLI shows for the matching flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from lenet_core.data import AUGMENTATIONS, DATASETS
+from lenet_core.errors import ConfigError
+from lenet_core.models import ACTIVATIONS, LENET_VARIANTS, MODELS, POOLINGS
+
+OPTIMIZERS = ("sgd", "adadelta", "adagrad", "rmsprop", "adam", "adamax", "adamw")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def _opt(help_text: str, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+    return {"help": help_text, "choices": choices}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    # --- data
+    dataset: str = field(default="mnist", metadata=_opt("Dataset name.", DATASETS))
+    data_dir: str | None = field(
+        default=None,
+        metadata=_opt("Folder with the IDX files: a torchvision root (DIR/MNIST/raw) or the files "
+                      "themselves, .gz or not. Never written to. Default: cache, then download."),
+    )
+    val_fraction: float = field(
+        default=0.1, metadata=_opt("Fraction of train held out (stratified) for validation.")
+    )
+    train_fraction: float = field(
+        default=1.0, metadata=_opt("Use this stratified fraction of the training split (e.g. 0.25).")
+    )
+    augment: str = field(default="none", metadata=_opt("Batched augmentation.", AUGMENTATIONS))
+    # --- model
+    model: str = field(default="lenet5", metadata=_opt("Model name.", tuple(MODELS)))
+    variant: str | None = field(
+        default=None, metadata=_opt("LeNet-5 variant (default modern).", tuple(LENET_VARIANTS))
+    )
+    activation: str | None = field(
+        default=None, metadata=_opt("Activation; default: the variant's.", tuple(ACTIVATIONS))
+    )
+    pooling: str | None = field(
+        default=None, metadata=_opt("Pooling; default: the variant's.", tuple(POOLINGS))
+    )
+    # --- optimization
+    optimizer: str = field(default="adam", metadata=_opt("Optimizer.", OPTIMIZERS))
+    lr: float = field(default=1e-3, metadata=_opt("Learning rate (> 0)."))
+    batch_size: int = field(default=32, metadata=_opt("Training batch size (images per step)."))
+    epochs: int = field(default=10, metadata=_opt("Passes over the training split."))
+    weight_decay: float = field(default=0.0, metadata=_opt("L2 weight decay (>= 0)."))
+    momentum: float = field(default=0.9, metadata=_opt("Momentum for sgd and rmsprop, in [0, 1)."))
+    # --- run
+    seed: int = field(default=0, metadata=_opt("Seed for split, init, batch order, augmentation."))
+    device: str = field(default="cpu", metadata=_opt("Training device; auto = cuda if present.", DEVICES))
+    threads: int = field(default=0, metadata=_opt("torch CPU threads; 0 = torch's default."))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise ConfigError(f"unknown {f.name} {value!r}; choose one of: {', '.join(choices)}")
+        _check_range("lr", self.lr, low=0.0, low_open=True)
+        _check_range("batch_size", self.batch_size, low=1)
+        _check_range("epochs", self.epochs, low=1)
+        _check_range("weight_decay", self.weight_decay, low=0.0)
+        _check_range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        _check_range("val_fraction", self.val_fraction, low=0.0, high=0.9)
+        _check_range("train_fraction", self.train_fraction, low=0.0, high=1.0, low_open=True)
+        _check_range("threads", self.threads, low=0)
+        _check_range("seed", self.seed, low=0)
+        if self.model == "lenet5":
+            # Resolve the variant's defaults so every record states what actually ran.
+            variant = self.variant or "modern"
+            object.__setattr__(self, "variant", variant)
+            for key in ("activation", "pooling"):
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, LENET_VARIANTS[variant][key])
+        else:
+            for key in ("variant", "activation", "pooling"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(f"--{key.replace('_', '-')} applies to lenet5 only, "
+                                      f"not {self.model}")
+
+    # ------------------------------------------------------------------ conversions
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return from_dict({**self.to_dict(), **changes})
+
+    def model_options(self) -> dict[str, Any]:
+        return {"variant": self.variant, "activation": self.activation, "pooling": self.pooling}
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrialConfig))
+
+
+def field_types() -> dict[str, type]:
+    """The plain type of each field (``str | None`` -> str), for parsing and the CLI."""
+    hints = typing.get_type_hints(TrialConfig)
+    plain: dict[str, type] = {}
+    for name in FIELD_NAMES:
+        hint = hints[name]
+        if isinstance(hint, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        plain[name] = hint
+    return plain
+
+
+def from_dict(values: dict[str, Any], *, source: str = "config") -> TrialConfig:
+    """Build a config from plain values, rejecting unknown keys and wrong types by name."""
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r}; valid keys: {', '.join(FIELD_NAMES)}")
+    types_ = field_types()
+    checked = {key: _coerce(key, value, types_[key], source) for key, value in values.items()}
+    return TrialConfig(**checked)
+
+
+def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
+    if value is None:
+        return None
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+
+
+def _check_range(name: str, value: float, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    flag = "--" + name.replace("_", "-")
+    bad = isinstance(value, float) and not math.isfinite(value)
+    if low is not None:
+        bad |= value <= low if low_open else value < low
+    if high is not None:
+        bad |= value >= high if high_open else value > high
+    if bad:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+        where = f"in {lo}, {hi}" if low is not None and high is not None else (
+            f"{'>' if low_open else '>='} {low:g}" if low is not None else f"<= {high:g}")
+        raise ConfigError(f"{flag} must be {where}, got {value}")

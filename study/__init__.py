@@ -1,0 +1,1 @@
+"""The ``study`` command: train, tune, ensemble, ... on top of ``lenet_core``."""

@@ -1,0 +1,137 @@
+"""Where results go, and writing them so that a crash never leaves a truncated file.
+
+Every file is written to a temporary name in the same folder and renamed into place
+(``os.replace`` is atomic on POSIX), so a reader sees the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from lenet_core.errors import StudyError
+
+
+def default_run_name(command: str, dataset: str) -> str:
+    return f"{command}-{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def prepare_run_dir(out: Path, name: str, command: str) -> Path:
+    """``out/name/command``, created; a one-line error if it cannot be written."""
+    if not name or "/" in name or name in (".", ".."):
+        raise StudyError(f"--name {name!r} must be a plain folder name")
+    folder = out / name / command
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise StudyError(f"output folder {folder} is not writable ({exc.strerror or exc})") from exc
+    return folder
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path``; on success it replaces ``path`` in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_via_temp(path: Path, writer: Callable[[Path], None]) -> None:
+    """For libraries that want a file name (parquet, savefig, torch.save): write, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity are not JSON; write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _json_safe(value.item())
+    return value
+
+
+def write_json(path: Path, payload: Any) -> None:
+    with atomic_open(path) as handle:
+        json.dump(_json_safe(payload), handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_open(path) as handle:
+        handle.write(text)
+
+
+def write_table(frame: pd.DataFrame, stem: Path, *, csv: bool = True, markdown: bool = False) -> None:
+    """``stem``.parquet (typed, for pandas) and ``stem``.csv (for everyone else)."""
+    write_via_temp(stem.with_suffix(".parquet"), lambda p: frame.to_parquet(p, index=False))
+    if csv:
+        write_via_temp(stem.with_suffix(".csv"), lambda p: frame.to_csv(p, index=False))
+    if markdown:
+        write_text(stem.with_suffix(".md"), frame.to_markdown(index=False, floatfmt=".4g") + "\n")
+
+
+def save_figure(fig: Any, path: Path, *, dpi: int = 110) -> None:
+    import matplotlib.pyplot as plt
+
+    write_via_temp(path, lambda p: fig.savefig(p, dpi=dpi, bbox_inches="tight", format="png"))
+    plt.close(fig)
+
+
+def save_weights(state_dict: dict[str, Any], path: Path) -> None:
+    import torch
+
+    write_via_temp(path, lambda p: torch.save(state_dict, p))
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """Weights only: ``weights_only=True`` refuses pickled code from a file someone handed you."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise StudyError(f"{path}: not a readable weights file ({type(exc).__name__})") from exc
+
+
+def read_json(path: Path, *, what: str = "file") -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise StudyError(f"{what} {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StudyError(f"{what} {path} cannot be read ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise StudyError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
