@@ -32,8 +32,10 @@ class TrialConfig:
     dataset: str = field(default="mnist", metadata=_opt("Dataset name.", DATASETS))
     data_dir: str | None = field(
         default=None,
-        metadata=_opt("Folder with the IDX files: a torchvision root (DIR/MNIST/raw) or the files "
-                      "themselves, .gz or not. Never written to. Default: cache, then download."),
+        metadata=_opt(
+            "Folder with the IDX files: a torchvision root (DIR/MNIST/raw) or the files "
+            "themselves, .gz or not. Never written to. Default: cache, then download."
+        ),
     )
     val_fraction: float = field(
         default=0.1, metadata=_opt("Fraction of train held out (stratified) for validation.")
@@ -90,8 +92,7 @@ class TrialConfig:
         else:
             for key in ("variant", "activation", "pooling"):
                 if getattr(self, key) is not None:
-                    raise ConfigError(f"--{key.replace('_', '-')} applies to lenet5 only, "
-                                      f"not {self.model}")
+                    raise ConfigError(f"--{key.replace('_', '-')} applies to lenet5 only, not {self.model}")
 
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:
@@ -141,8 +142,15 @@ def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
     raise ConfigError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
 
 
-def _check_range(name: str, value: float, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> None:
+def _check_range(
+    name: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     flag = "--" + name.replace("_", "-")
     bad = isinstance(value, float) and not math.isfinite(value)
     if low is not None:
@@ -152,6 +160,9 @@ def _check_range(name: str, value: float, *, low: float | None = None, high: flo
     if bad:
         lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
         hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-        where = f"in {lo}, {hi}" if low is not None and high is not None else (
-            f"{'>' if low_open else '>='} {low:g}" if low is not None else f"<= {high:g}")
+        where = (
+            f"in {lo}, {hi}"
+            if low is not None and high is not None
+            else (f"{'>' if low_open else '>='} {low:g}" if low is not None else f"<= {high:g}")
+        )
         raise ConfigError(f"{flag} must be {where}, got {value}")

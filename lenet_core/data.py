@@ -282,7 +282,7 @@ def stratified_split(
     kept, held = [], []
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
-        n_held = int(round(len(members) * held_out_fraction))
+        n_held = round(len(members) * held_out_fraction)
         held.append(members[:n_held])
         kept.append(members[n_held:])
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))

@@ -43,8 +43,9 @@ class LeNet5(nn.Module):
              fc 400->120->84->10.
     """
 
-    def __init__(self, *, variant: str = "modern", activation: str | None = None,
-                 pooling: str | None = None) -> None:
+    def __init__(
+        self, *, variant: str = "modern", activation: str | None = None, pooling: str | None = None
+    ) -> None:
         super().__init__()
         _check_choice("variant", variant, LENET_VARIANTS)
         defaults = LENET_VARIANTS[variant]

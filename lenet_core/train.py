@@ -35,6 +35,9 @@ from lenet_core.models import build_model, count_parameters
 
 EVAL_BATCH_SIZE = 2048  # images; inference holds no activations for backward, so go large
 DIVERGENCE_CHECK_EVERY = 32  # steps; a loss read forces a device sync, so not every step
+# A mean training loss above ten times that of a uniform guess (ln 10 = 2.30 for 10 classes)
+# means the weights blew up, even when saturating units keep the loss finite.
+DIVERGED_LOSS = 10 * math.log(10)
 
 # What ``report`` receives after each epoch; returning True stops the trial (status "stopped").
 Report = Callable[[dict[str, Any]], bool | None]
@@ -108,8 +111,9 @@ def trial_split(data: ImageData, config: TrialConfig) -> tuple[np.ndarray, np.nd
         data.train_labels, held_out_fraction=config.val_fraction, seed=config.seed
     )
     if config.train_fraction < 1.0:
-        keep = stratified_subset(data.train_labels[train_idx], fraction=config.train_fraction,
-                                 seed=config.seed)
+        keep = stratified_subset(
+            data.train_labels[train_idx], fraction=config.train_fraction, seed=config.seed
+        )
         train_idx = train_idx[keep]
     return train_idx, val_idx
 
@@ -120,8 +124,7 @@ def make_optimizer(config: TrialConfig, params: Any) -> torch.optim.Optimizer:
         "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd),
         "adadelta": lambda: torch.optim.Adadelta(params, lr=lr, weight_decay=wd),
         "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, momentum=config.momentum,
-                                               weight_decay=wd),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, momentum=config.momentum, weight_decay=wd),
         "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd),
         "adamax": lambda: torch.optim.Adamax(params, lr=lr, weight_decay=wd),
         "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
@@ -172,7 +175,13 @@ def train_trial(
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             train_loss, train_acc = train_one_epoch(
-                model, optimizer, images, labels, train_idx_t, config=config, data=data,
+                model,
+                optimizer,
+                images,
+                labels,
+                train_idx_t,
+                config=config,
+                data=data,
                 generator=generator,
             )
             seconds = time.perf_counter() - epoch_start
@@ -181,19 +190,22 @@ def train_trial(
                 val_loss, val_acc = evaluate(model, val_images, val_labels, data=data)
             else:
                 val_loss, val_acc = math.nan, math.nan
-            if not math.isfinite(train_loss):
+            if not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS:
                 status = "diverged"
-            history.append({
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "seconds": seconds,
-                "images_per_s": len(train_idx) / seconds if seconds > 0 else math.nan,
-                "status": "diverged" if status == "diverged" else (
-                    "completed" if epoch == config.epochs else "running"),
-            })
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "seconds": seconds,
+                    "images_per_s": len(train_idx) / seconds if seconds > 0 else math.nan,
+                    "status": "diverged"
+                    if status == "diverged"
+                    else ("completed" if epoch == config.epochs else "running"),
+                }
+            )
             if report is not None and report(history[-1]) and status == "completed":
                 status = "stopped"
             if status != "completed":
@@ -242,7 +254,7 @@ def train_one_epoch(
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     seen = 0
     for step, start in enumerate(range(0, n, config.batch_size)):
-        idx = order[start:start + config.batch_size]
+        idx = order[start : start + config.batch_size]
         if len(idx) < 2 and seen:  # a 1-image tail batch breaks BatchNorm and adds nothing
             break
         x = to_unit_float(images[idx])  # (B, 1, 28, 28) in [0, 1]
@@ -266,14 +278,15 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, *, data: ImageData,
-                   batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, *, data: ImageData, batch_size: int = EVAL_BATCH_SIZE
+) -> torch.Tensor:
     """(N, 28, 28) uint8 images -> (N, 10) float logits on the CPU, in large batches."""
     model.eval()
     device = next(model.parameters()).device
     chunks = []
     for start in range(0, len(images), batch_size):
-        x = to_unit_float(images[start:start + batch_size].to(device))
+        x = to_unit_float(images[start : start + batch_size].to(device))
         chunks.append(model(normalize_(x, mean=data.mean, std=data.std)).float().cpu())
     return torch.cat(chunks) if chunks else torch.empty(0, 10)
 
@@ -283,8 +296,9 @@ def predict_proba(model: nn.Module, images: torch.Tensor, *, data: ImageData) ->
     return predict_logits(model, images, data=data).softmax(dim=1)
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-             data: ImageData) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, data: ImageData
+) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on a split."""
     logits = predict_logits(model, images, data=data)
     targets = labels.cpu()

@@ -29,7 +29,6 @@ NameOption = Annotated[
 ]
 
 
-
 @app.callback()
 def study() -> None:
     """LeNet-5 hyperparameter and ensemble study on MNIST-style digits."""
@@ -60,7 +59,8 @@ def train(
     )
     with progress_bar("epochs", config.epochs) as advance:
         result = train_trial(
-            config, data,
+            config,
+            data,
             report=lambda row: advance(f"val acc {row['val_acc']:.4f}  loss {row['train_loss']:.4f}"),
         )
     write_trial(result, folder)

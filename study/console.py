@@ -51,8 +51,12 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
     """A rich progress bar; yields ``advance(text=...)``. Plain log lines when not a terminal."""
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console(),
     )
     task = progress.add_task(description, total=total, info="")
 

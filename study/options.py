@@ -44,13 +44,19 @@ def trial_config_flags(*, exclude: tuple[str, ...] = ()) -> Callable[[Callable[.
         params = [p for p in own.parameters.values() if p.name != "overrides"]
         for name in names:
             option = typer.Option(
-                "--" + name.replace("_", "-"), help=_flag_help(fields[name]), show_default=False,
+                "--" + name.replace("_", "-"),
+                help=_flag_help(fields[name]),
+                show_default=False,
                 rich_help_panel=PANEL,
             )
-            params.append(inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                annotation=Annotated[types_[name] | None, option],
-            ))
+            params.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=None,
+                    annotation=Annotated[types_[name] | None, option],
+                )
+            )
 
         @functools.wraps(func)
         def wrapper(**kwargs: Any) -> Any:
@@ -69,7 +75,7 @@ ConfigFileOption = Annotated[
     typer.Option(
         "--config",
         help="Load a saved TrialConfig: a JSON file (best.json, result.json or a bare config) "
-             "or TOML. Flags given beside it override it.",
+        "or TOML. Flags given beside it override it.",
     ),
 ]
 
@@ -92,8 +98,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return values
 
 
-def resolve_config(config_file: Path | None, overrides: dict[str, Any],
-                   **defaults: Any) -> TrialConfig:
+def resolve_config(config_file: Path | None, overrides: dict[str, Any], **defaults: Any) -> TrialConfig:
     """Command defaults, then the file, then the flags given: the last one wins."""
     values: dict[str, Any] = dict(defaults)
     source = "flags"
