@@ -169,19 +169,16 @@ def train_trial(
         optimizer = make_optimizer(config, model.parameters())
         generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
 
+        test_images = as_tensor(data.test_images).to(device)
+        test_labels = as_tensor(data.test_labels).to(device)
         history: list[dict[str, Any]] = []
         status = "completed"
         train_seconds = 0.0
+        test_loss = test_acc = math.nan
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             train_loss, train_acc = train_one_epoch(
-                model,
-                optimizer,
-                images,
-                labels,
-                train_idx_t,
-                config=config,
-                data=data,
+                model, optimizer, images, labels, train_idx_t, config=config, data=data,
                 generator=generator,
             )
             seconds = time.perf_counter() - epoch_start
@@ -192,28 +189,27 @@ def train_trial(
                 val_loss, val_acc = math.nan, math.nan
             if not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS:
                 status = "diverged"
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "train_acc": train_acc,
-                    "val_loss": val_loss,
-                    "val_acc": val_acc,
-                    "seconds": seconds,
-                    "images_per_s": len(train_idx) / seconds if seconds > 0 else math.nan,
-                    "status": "diverged"
-                    if status == "diverged"
-                    else ("completed" if epoch == config.epochs else "running"),
-                }
-            )
-            if report is not None and report(history[-1]) and status == "completed":
+            final = status == "diverged" or epoch == config.epochs
+            if final:  # the last row carries the test metrics, so a reporter sees them too
+                test_loss, test_acc = evaluate(model, test_images, test_labels, data=data)
+            history.append({
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "seconds": seconds,
+                "images_per_s": len(train_idx) / seconds if seconds > 0 else math.nan,
+                "status": status if final else "running",
+            })
+            if report is not None and report(history[-1]) and not final:
                 status = "stopped"
+                test_loss, test_acc = evaluate(model, test_images, test_labels, data=data)
             if status != "completed":
                 break
 
-        test_images = as_tensor(data.test_images).to(device)
-        test_labels = as_tensor(data.test_labels).to(device)
-        test_loss, test_acc = evaluate(model, test_images, test_labels, data=data)
         val_accs = [row["val_acc"] for row in history if math.isfinite(row["val_acc"])]
         return TrialResult(
             config=config,

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from lenet_core.data import load_dataset
+from lenet_core.errors import StudyError
 from lenet_core.train import train_trial
-from study.console import console, one_line_errors, print_table, progress_bar
-from study.options import ConfigFileOption, resolve_config, trial_config_flags
+from study.console import EXIT_INTERRUPTED, console, one_line_errors, print_table, progress_bar
+from study.options import ConfigFileOption, load_config_file, resolve_config, trial_config_flags
 from study.output import default_run_name, prepare_run_dir
 from study.trial_files import history_frame, write_trial
 
@@ -73,3 +74,118 @@ def train(
 
 def main() -> None:
     app()
+
+
+@app.command()
+@one_line_errors
+@trial_config_flags(exclude=("threads",))
+def tune(
+    *,
+    trials: Annotated[int, typer.Option(help="Number of trials to run.")] = 20,
+    space_file: Annotated[
+        Path | None,
+        typer.Option("--space", help="TOML search space replacing the default ([space] and [fixed] tables)."),
+    ] = None,
+    scheduler: Annotated[
+        str, typer.Option(help="Early stopping: asha (grace period 1 epoch) or none.")
+    ] = "asha",
+    gpus: Annotated[float, typer.Option(help="GPUs the study may use in total.")] = 0,
+    gpus_per_trial: Annotated[
+        float | None,
+        typer.Option(
+            help="GPUs per trial; a fraction packs trials (0.25 = four per GPU). Default 1 with --gpus.",
+            show_default=False,
+        ),
+    ] = None,
+    cpus_per_trial: Annotated[
+        int, typer.Option(help="CPUs (and torch threads) per trial; 1 runs one trial per core.")
+    ] = 1,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option(
+            help="Cap on trials running at once. Default: as many as resources allow.", show_default=False
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Join an existing Ray cluster (HOST:PORT, e.g. from `ray start --head`).", show_default=False
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue the study --name after an interrupt or crash; finished trials are kept."),
+    ] = False,
+    dashboard_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Ray dashboard port (local Ray only). Default 8265, or a free port if taken.",
+            show_default=False,
+        ),
+    ] = None,
+    dashboard_host: Annotated[
+        str,
+        typer.Option(
+            help="Interface the dashboard binds to. Anything but 127.0.0.1 exposes job submission.",
+        ),
+    ] = "127.0.0.1",
+    config_file: ConfigFileOption = None,
+    out: OutOption = Path("results"),
+    name: NameOption = None,
+    overrides: dict[str, Any],
+) -> None:
+    """Search optimizer, lr, activation, pooling and batch size with Ray Tune + Optuna (TPE) + ASHA.
+
+    A TrialConfig flag (e.g. --optimizer adam) fixes that field for every trial and removes it
+    from the search. Writes trials.parquet/csv, epochs.parquet, best.json, summary.md and
+    figures to OUT/NAME/tune/.
+    """
+    from study.space import default_space, load_space
+    from study.tune import (
+        ClusterOptions,
+        StudyInterrupted,
+        TuneSettings,
+        run_study,
+        split_base_and_space,
+    )
+
+    settings = TuneSettings(trials=trials, seed=overrides.get("seed", 0), scheduler=scheduler)
+    cluster = ClusterOptions(
+        gpus=gpus,
+        gpus_per_trial=gpus_per_trial,
+        cpus_per_trial=cpus_per_trial,
+        max_concurrent=max_concurrent,
+        address=address,
+        dashboard_port=dashboard_port,
+        dashboard_host=dashboard_host,
+    )
+    if resume and not name:
+        raise StudyError("--resume needs the --name of the study to continue")
+    space = load_space(space_file) if space_file else default_space()
+    file_values = load_config_file(config_file) if config_file else {}
+    base, space = split_base_and_space(space, file_values, overrides, seed=settings.seed, cluster=cluster)
+    data = load_dataset(base.get("dataset", "mnist"), data_dir=base.get("data_dir"))
+    base.setdefault("dataset", data.name)
+    run_name = name or default_run_name("tune", data.name)
+    say = console().print
+    try:
+        trials_frame, _, folder = run_study(
+            base=base,
+            space=space,
+            settings=settings,
+            cluster=cluster,
+            data=data,
+            out=out,
+            name=run_name,
+            resume=resume,
+            say=say,
+        )
+    except StudyInterrupted as exc:
+        say(f"interrupted: {exc}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    counts = trials_frame["status"].value_counts().to_dict()
+    say("statuses: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    top = trials_frame.sort_values("final_val_acc", ascending=False).head(5)
+    shown = [c for c in ["trial", *space.params, "status", "final_val_acc", "test_acc"] if c in top]
+    print_table(top[shown], "top trials by validation accuracy")
+    say(f"results -> {folder}")
