@@ -178,7 +178,13 @@ def train_trial(
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             train_loss, train_acc = train_one_epoch(
-                model, optimizer, images, labels, train_idx_t, config=config, data=data,
+                model,
+                optimizer,
+                images,
+                labels,
+                train_idx_t,
+                config=config,
+                data=data,
                 generator=generator,
             )
             seconds = time.perf_counter() - epoch_start
@@ -192,18 +198,20 @@ def train_trial(
             final = status == "diverged" or epoch == config.epochs
             if final:  # the last row carries the test metrics, so a reporter sees them too
                 test_loss, test_acc = evaluate(model, test_images, test_labels, data=data)
-            history.append({
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "seconds": seconds,
-                "images_per_s": len(train_idx) / seconds if seconds > 0 else math.nan,
-                "status": status if final else "running",
-            })
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "test_loss": test_loss,
+                    "test_acc": test_acc,
+                    "seconds": seconds,
+                    "images_per_s": len(train_idx) / seconds if seconds > 0 else math.nan,
+                    "status": status if final else "running",
+                }
+            )
             if report is not None and report(history[-1]) and not final:
                 status = "stopped"
                 test_loss, test_acc = evaluate(model, test_images, test_labels, data=data)

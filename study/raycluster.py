@@ -123,6 +123,7 @@ class RaySession:
     dashboard_url: str | None
     total_cpus: float
     total_gpus: float
+    token_auth: bool  # Ray's token authentication guards the dashboard
 
 
 @contextmanager
@@ -140,7 +141,14 @@ def ray_session(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if address is not None:
         check_address_reachable(address)
-        context = ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        try:
+            context = ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StudyError(
+                f"cannot join the Ray cluster at {address} ({reason}); if it uses "
+                f"token auth, set RAY_AUTH_MODE=token"
+            ) from exc
     else:
         cuda = visible_cuda_gpus()
         if gpus > cuda:
@@ -172,6 +180,16 @@ def ray_session(
             dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
             total_cpus=float(resources.get("CPU", 0)),
             total_gpus=float(resources.get("GPU", 0)),
+            token_auth=_token_auth_enabled(),
         )
     finally:
         ray.shutdown()
+
+
+def _token_auth_enabled() -> bool:
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        return bool(is_token_auth_enabled())
+    except Exception:  # older or newer Ray without this module: say nothing
+        return False

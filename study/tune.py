@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,12 @@ def tune_trainable(params: dict[str, Any], *, data: ImageData, base: dict[str, A
         gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         values["device"] = "cuda" if gpu_ids else "cpu"
     config = trial_config(values, params)
-    train_trial(config, data, report=lambda row: tune.report(dict(row)))
+    started_at = time.time()  # wall clock, so the driver can see which trials overlapped
+    train_trial(
+        config,
+        data,
+        report=lambda row: tune.report({**row, "started_at": started_at, "reported_at": time.time()}),
+    )
 
 
 def study_identity(
@@ -371,7 +377,10 @@ def run_study(
         resuming = check_resume(folder, identity, resume=resume)
         if not resuming:
             save_study_identity(folder, identity)
-        say(f"Ray dashboard: {session.dashboard_url or 'not available'}")
+        say(
+            f"Ray dashboard: {session.dashboard_url or 'not available'}"
+            + (" (token: `ray get-auth-token`)" if session.token_auth else "")
+        )
         say(
             f"{'resuming' if resuming else 'starting'} study {name}: {settings.trials} trials, "
             f"{plan.concurrent} at a time ({plan.cpus_per_trial} CPU, {plan.gpus_per_trial:g} GPU "

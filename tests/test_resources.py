@@ -1,0 +1,78 @@
+import pytest
+
+from lenet_core.errors import ConfigError
+from study.raycluster import plan_resources
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "cpt", "gpt", "cap", "concurrent", "gpu_each"),
+    [
+        (2, 0, 1, None, None, 2, 0.0),  # this machine: two 1-thread trials side by side
+        (2, 0, 2, None, None, 1, 0.0),
+        (16, 2, 1, None, None, 2, 1.0),  # one whole GPU per trial by default
+        (16, 2, 1, 0.25, None, 8, 0.25),  # four trials packed per GPU
+        (16, 1, 1, 0.5, None, 2, 0.5),
+        (4, 2, 1, 0.25, None, 4, 0.25),  # CPUs bind before GPUs do
+        (16, 4, 2, 2, None, 2, 2.0),  # whole multi-GPU trials
+        (16, 2, 1, 0.25, 3, 3, 0.25),  # --max-concurrent caps it
+        (16, 1, 1, 1 / 3, None, 3, 1 / 3),  # float rounding must not lose a slot
+    ],
+)
+def test_trials_that_fit_at_once(cpus, gpus, cpt, gpt, cap, concurrent, gpu_each):
+    plan = plan_resources(
+        total_cpus=cpus, total_gpus=gpus, cpus_per_trial=cpt, gpus_per_trial=gpt, max_concurrent=cap
+    )
+    assert plan.concurrent == concurrent
+    assert plan.gpus_per_trial == pytest.approx(gpu_each)
+    assert plan.as_ray_resources() == {"cpu": cpt, "gpu": plan.gpus_per_trial}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"gpus_per_trial": 0.0}, "fraction in \\(0, 1\\]"),
+        ({"gpus_per_trial": 1.5, "total_gpus": 4}, "whole number"),
+        ({"gpus_per_trial": 1.0, "total_gpus": 0}, "needs at least that many GPUs"),
+        ({"cpus_per_trial": 0}, "--cpus-per-trial must be >= 1"),
+        ({"cpus_per_trial": 3}, "exceeds the 2 CPUs"),
+        ({"max_concurrent": 0}, "--max-concurrent"),
+    ],
+)
+def test_impossible_resource_requests(kwargs, message):
+    args = {
+        "total_cpus": 2,
+        "total_gpus": 0,
+        "cpus_per_trial": 1,
+        "gpus_per_trial": None,
+        "max_concurrent": None,
+        **kwargs,
+    }
+    with pytest.raises(ConfigError, match=message):
+        plan_resources(**args)
+
+
+def test_ray_places_fractional_gpu_trials_on_logical_gpus():
+    """Ray's logical GPUs (no CUDA needed): 0.5 GPU tasks run four at a time on two 'GPUs'."""
+    import time
+
+    import ray
+
+    ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        plan = plan_resources(
+            total_cpus=8, total_gpus=2, cpus_per_trial=1, gpus_per_trial=0.5, max_concurrent=None
+        )
+
+        @ray.remote
+        def occupy() -> tuple[float, float, list]:
+            start = time.time()
+            time.sleep(1.0)
+            return start, time.time(), ray.get_runtime_context().get_accelerator_ids()["GPU"]
+
+        task = occupy.options(num_cpus=plan.cpus_per_trial, num_gpus=plan.gpus_per_trial)
+        spans = ray.get([task.remote() for _ in range(8)])
+        peak = max(sum(s <= t < e for s, e, _ in spans) for t, _, _ in spans)
+        assert peak == plan.concurrent == 4
+        assert all(len(ids) == 1 and ids[0] in ("0", "1") for _, _, ids in spans)
+    finally:
+        ray.shutdown()
