@@ -29,6 +29,52 @@ NameOption = Annotated[
     typer.Option("--name", help="Run name (folder under --out). Default: <command>-<dataset>-<time>."),
 ]
 
+# Where trials run: the same flags and meaning for `study tune` and `study ensemble`.
+GpusOption = Annotated[float, typer.Option("--gpus", help="GPUs the study may use in total.")]
+GpusPerTrialOption = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-trial",
+        help="GPUs per trial; a fraction packs trials (0.25 = four per GPU). Default 1 with --gpus.",
+        show_default=False,
+    ),
+]
+CpusPerTrialOption = Annotated[
+    int,
+    typer.Option("--cpus-per-trial", help="CPUs (and torch threads) per trial; 1 runs one trial per core."),
+]
+MaxConcurrentOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-concurrent",
+        help="Cap on trials running at once. Default: as many as resources allow.",
+        show_default=False,
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Join an existing Ray cluster (HOST:PORT, e.g. from `ray start --head`).",
+        show_default=False,
+    ),
+]
+DashboardPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--dashboard-port",
+        help="Ray dashboard port (local Ray only). Default 8265, or a free port.",
+        show_default=False,
+    ),
+]
+DashboardHostOption = Annotated[
+    str,
+    typer.Option(
+        "--dashboard-host",
+        help="Interface the dashboard binds to. Anything but 127.0.0.1 exposes job submission.",
+    ),
+]
+
 
 @app.callback()
 def study() -> None:
@@ -89,46 +135,17 @@ def tune(
     scheduler: Annotated[
         str, typer.Option(help="Early stopping: asha (grace period 1 epoch) or none.")
     ] = "asha",
-    gpus: Annotated[float, typer.Option(help="GPUs the study may use in total.")] = 0,
-    gpus_per_trial: Annotated[
-        float | None,
-        typer.Option(
-            help="GPUs per trial; a fraction packs trials (0.25 = four per GPU). Default 1 with --gpus.",
-            show_default=False,
-        ),
-    ] = None,
-    cpus_per_trial: Annotated[
-        int, typer.Option(help="CPUs (and torch threads) per trial; 1 runs one trial per core.")
-    ] = 1,
-    max_concurrent: Annotated[
-        int | None,
-        typer.Option(
-            help="Cap on trials running at once. Default: as many as resources allow.", show_default=False
-        ),
-    ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            help="Join an existing Ray cluster (HOST:PORT, e.g. from `ray start --head`).", show_default=False
-        ),
-    ] = None,
+    gpus: GpusOption = 0,
+    gpus_per_trial: GpusPerTrialOption = None,
+    cpus_per_trial: CpusPerTrialOption = 1,
+    max_concurrent: MaxConcurrentOption = None,
+    address: AddressOption = None,
     resume: Annotated[
         bool,
         typer.Option(help="Continue the study --name after an interrupt or crash; finished trials are kept."),
     ] = False,
-    dashboard_port: Annotated[
-        int | None,
-        typer.Option(
-            help="Ray dashboard port (local Ray only). Default 8265, or a free port if taken.",
-            show_default=False,
-        ),
-    ] = None,
-    dashboard_host: Annotated[
-        str,
-        typer.Option(
-            help="Interface the dashboard binds to. Anything but 127.0.0.1 exposes job submission.",
-        ),
-    ] = "127.0.0.1",
+    dashboard_port: DashboardPortOption = None,
+    dashboard_host: DashboardHostOption = "127.0.0.1",
     config_file: ConfigFileOption = None,
     out: OutOption = Path("results"),
     name: NameOption = None,
@@ -140,9 +157,9 @@ def tune(
     from the search. Writes trials.parquet/csv, epochs.parquet, best.json, summary.md and
     figures to OUT/NAME/tune/.
     """
+    from study.raycluster import ClusterOptions
     from study.space import default_space, load_space
     from study.tune import (
-        ClusterOptions,
         StudyInterrupted,
         TuneSettings,
         run_study,
@@ -188,4 +205,116 @@ def tune(
     top = trials_frame.sort_values("final_val_acc", ascending=False).head(5)
     shown = [c for c in ["trial", *space.params, "status", "final_val_acc", "test_acc"] if c in top]
     print_table(top[shown], "top trials by validation accuracy")
+    say(f"results -> {folder}")
+
+
+@app.command()
+@one_line_errors
+@trial_config_flags(exclude=("threads",))
+def ensemble(
+    *,
+    members: Annotated[int, typer.Option(help="Bagged LeNet members (>= 2 for a vote).")] = 5,
+    from_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--from", help="A study folder (results/NAME): use its tune/best.json config.", show_default=False
+        ),
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            help="Heterogeneous ensemble: members cycle over the K best distinct tune trials.",
+            show_default=False,
+        ),
+    ] = None,
+    resnet: Annotated[
+        str,
+        typer.Option(
+            help="ResNet baseline on the full training split: resnet18, resnet34, resnet50 or none.",
+        ),
+    ] = "resnet18",
+    gpus: GpusOption = 0,
+    gpus_per_trial: GpusPerTrialOption = None,
+    cpus_per_trial: CpusPerTrialOption = 1,
+    max_concurrent: MaxConcurrentOption = None,
+    address: AddressOption = None,
+    dashboard_port: DashboardPortOption = None,
+    dashboard_host: DashboardHostOption = "127.0.0.1",
+    config_file: ConfigFileOption = None,
+    out: OutOption = Path("results"),
+    name: NameOption = None,
+    overrides: dict[str, Any],
+) -> None:
+    """Bagged LeNet-5 members against a ResNet: hard and soft vote, significance, error analysis.
+
+    Members use the best tuned config (--from or --config), or the flags' config. A re-run with
+    the same --name reuses the members already trained. Writes comparison, predictions,
+    per-class errors and figures to OUT/NAME/ensemble/.
+    """
+    from study.ensemble import (
+        config_from_best,
+        find_best_json,
+        member_specs,
+        resnet_spec,
+        top_k_configs,
+        train_all,
+    )
+    from study.ensemble_report import analyze
+    from study.raycluster import ClusterOptions
+
+    cluster = ClusterOptions(
+        gpus=gpus,
+        gpus_per_trial=gpus_per_trial,
+        cpus_per_trial=cpus_per_trial,
+        max_concurrent=max_concurrent,
+        address=address,
+        dashboard_port=dashboard_port,
+        dashboard_host=dashboard_host,
+    )
+    if members < 2:
+        raise StudyError(f"--members must be >= 2 for a vote, got {members}")
+    if from_dir is not None and config_file is not None:
+        raise StudyError("give --from or --config, not both")
+    best_path = find_best_json(from_dir) if from_dir is not None else config_file
+    file_values = config_from_best(best_path) if best_path is not None else {}
+    base = resolve_config(None, {**file_values, **overrides})
+    if top_k is not None:
+        if top_k < 1 or best_path is None:
+            raise StudyError("--top-k needs K >= 1 and a tune study (--from or --config best.json)")
+        configs = top_k_configs(best_path, top_k, overrides)
+    else:
+        configs = [base]
+    if any(c.model != "lenet5" for c in configs):
+        raise StudyError("ensemble members are LeNet-5; use --resnet for the ResNet baseline")
+    specs = member_specs(configs, members, seed=base.seed)
+    baseline = resnet_spec(base, resnet, seed=base.seed)
+    data = load_dataset(base.dataset, data_dir=base.data_dir)
+    folder = prepare_run_dir(out, name or default_run_name("ensemble", data.name), "ensemble")
+    say = console().print
+    outputs = train_all(
+        specs + ([baseline] if baseline else []),
+        data=data,
+        cluster=cluster,
+        folder=folder,
+        device_forced="device" in overrides,
+        say=say,
+    )
+    summary = analyze(
+        [outputs[s.name] for s in specs],
+        outputs[baseline.name] if baseline else None,
+        data,
+        folder,
+        seed=base.seed,
+    )
+    say(
+        f"mean single-member test accuracy {summary['mean_member_test_acc']:.4f}; "
+        f"hard vote {summary['hard_vote_test_acc']:.4f}; soft vote {summary['soft_vote_test_acc']:.4f}"
+        + (f"; {baseline.name} {summary['resnet_test_acc']:.4f}" if baseline else "")
+    )
+    say(
+        f"McNemar p (hard vote vs best member) {summary['mcnemar_p_hard_vote_vs_best_member']:.3g}"
+        + (f", vs {baseline.name} {summary['mcnemar_p_hard_vote_vs_resnet']:.3g}" if baseline else "")
+        + f"; disagreement {summary['mean_pairwise_disagreement']:.4f}, oracle "
+        f"{summary['oracle_accuracy']:.4f}, ensemble OOB {summary['ensemble_oob_acc']:.4f}"
+    )
     say(f"results -> {folder}")

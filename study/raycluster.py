@@ -74,6 +74,27 @@ def plan_resources(
     return ResourcePlan(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, concurrent=fits)
 
 
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where trials run; the same meaning in `study tune` and `study ensemble`."""
+
+    gpus: float = 0.0
+    gpus_per_trial: float | None = None
+    cpus_per_trial: int = 1
+    max_concurrent: int | None = None
+    address: str | None = None
+    dashboard_port: int | None = None
+    dashboard_host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_trial is not None:
+            check_gpus_per_trial(self.gpus_per_trial)
+        if self.cpus_per_trial < 1:
+            raise ConfigError(f"--cpus-per-trial must be >= 1, got {self.cpus_per_trial}")
+        if self.gpus < 0:
+            raise ConfigError(f"--gpus must be >= 0, got {self.gpus}")
+
+
 def check_address_reachable(address: str) -> None:
     """Fail fast with one line instead of Ray's long retry loop for a wrong --address."""
     if address in ("auto", "local") or address.startswith("ray://"):

@@ -21,7 +21,7 @@ from lenet_core.data import ImageData
 from lenet_core.errors import ConfigError, StudyError
 from lenet_core.train import library_versions, train_trial
 from study.output import read_json, write_json
-from study.raycluster import ResourcePlan
+from study.raycluster import ClusterOptions, ResourcePlan
 from study.space import SearchSpace, trial_config
 
 METRIC = "val_acc"  # what Optuna and ASHA optimize; test accuracy is never used for selection
@@ -292,29 +292,6 @@ def write_best(folder: Path, best: pd.Series, data: ImageData) -> None:
 
 def save_study_identity(folder: Path, identity: dict[str, Any]) -> None:
     write_json(folder / STUDY_FILE, identity)
-
-
-@dataclass(frozen=True)
-class ClusterOptions:
-    """Where trials run; the same meaning in `study tune` and `study ensemble`."""
-
-    gpus: float = 0.0
-    gpus_per_trial: float | None = None
-    cpus_per_trial: int = 1
-    max_concurrent: int | None = None
-    address: str | None = None
-    dashboard_port: int | None = None
-    dashboard_host: str = "127.0.0.1"
-
-    def __post_init__(self) -> None:
-        if self.gpus_per_trial is not None:
-            from study.raycluster import check_gpus_per_trial
-
-            check_gpus_per_trial(self.gpus_per_trial)
-        if self.cpus_per_trial < 1:
-            raise ConfigError(f"--cpus-per-trial must be >= 1, got {self.cpus_per_trial}")
-        if self.gpus < 0:
-            raise ConfigError(f"--gpus must be >= 0, got {self.gpus}")
 
 
 def split_base_and_space(
