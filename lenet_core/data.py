@@ -95,16 +95,16 @@ def load_dataset(
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
             raise DataError(f"data folder {folder} does not exist or is not a folder")
-        return _load_idx_dataset(name, _find_idx_files(name, folder, required=True))
+        return _load_idx_dataset(name, find_idx_files(name, folder, required=True))
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     for folder in (cache, *SYSTEM_COPIES.get(name, ())):
-        files = _find_idx_files(name, folder, required=False)
+        files = find_idx_files(name, folder, required=False)
         if files is not None:
             return _load_idx_dataset(name, files)
     if not download:
         raise DataError(_offline_message(name, cache, "downloads are disabled"))
     _download_with_torchvision(name, cache)
-    return _load_idx_dataset(name, _find_idx_files(name, cache, required=True))
+    return _load_idx_dataset(name, find_idx_files(name, cache, required=True))
 
 
 def _offline_message(name: str, cache: Path, why: str) -> str:
@@ -134,7 +134,7 @@ def _candidate_folders(name: str, folder: Path) -> list[Path]:
     return [folder / tv_folder / "raw", folder / "raw", folder]
 
 
-def _find_idx_files(name: str, folder: Path, *, required: bool) -> dict[str, Path] | None:
+def find_idx_files(name: str, folder: Path, *, required: bool) -> dict[str, Path] | None:
     """The four IDX files of ``name`` under ``folder`` in either layout, or None / DataError."""
     for candidate in _candidate_folders(name, folder):
         files = {}

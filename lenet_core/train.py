@@ -34,6 +34,9 @@ from lenet_core.errors import ConfigError
 from lenet_core.models import build_model, count_parameters
 
 EVAL_BATCH_SIZE = 2048  # images; inference holds no activations for backward, so go large
+# oneDNN's convolutions (forward and, above all, backward) run about 1.35x faster on LeNet's
+# small maps in channels-last layout than in NCHW (measured at batch 64, 1 thread).
+MEMORY_FORMAT = torch.channels_last
 DIVERGENCE_CHECK_EVERY = 32  # steps; a loss read forces a device sync, so not every step
 # A mean training loss above ten times that of a uniform guess (ln 10 = 2.30 for 10 classes)
 # means the weights blew up, even when saturating units keep the loss finite.
@@ -125,9 +128,10 @@ def make_optimizer(config: TrialConfig, params: Any) -> torch.optim.Optimizer:
         "adadelta": lambda: torch.optim.Adadelta(params, lr=lr, weight_decay=wd),
         "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd),
         "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, momentum=config.momentum, weight_decay=wd),
-        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd),
+        # fused: one kernel per step for all parameters instead of several per tensor
+        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=True),
         "adamax": lambda: torch.optim.Adamax(params, lr=lr, weight_decay=wd),
-        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=True),
     }
     return makers[config.optimizer]()
 
@@ -136,7 +140,8 @@ def build_trial_model(config: TrialConfig) -> nn.Module:
     """The config's model, initialized from its seed without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return build_model(config.model, **config.model_options())
+        model = build_model(config.model, **config.model_options())
+    return model.to(memory_format=MEMORY_FORMAT)
 
 
 def train_trial(
@@ -261,7 +266,7 @@ def train_one_epoch(
         idx = order[start : start + config.batch_size]
         if len(idx) < 2 and seen:  # a 1-image tail batch breaks BatchNorm and adds nothing
             break
-        x = to_unit_float(images[idx])  # (B, 1, 28, 28) in [0, 1]
+        x = to_unit_float(images[idx]).contiguous(memory_format=MEMORY_FORMAT)  # (B,1,28,28) in [0,1]
         if config.augment != "none":
             x = augment_batch(x, kind=config.augment, generator=generator)
         x = normalize_(x, mean=data.mean, std=data.std)

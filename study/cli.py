@@ -318,3 +318,50 @@ def ensemble(
         f"{summary['oracle_accuracy']:.4f}, ensemble OOB {summary['ensemble_oob_acc']:.4f}"
     )
     say(f"results -> {folder}")
+
+
+@app.command()
+@one_line_errors
+def bench(
+    *,
+    quick: Annotated[bool, typer.Option(help="Fewer rounds and trials: about 2 minutes.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="torch threads for the A/B loops.")] = 1,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fashion-MNIST IDX folder. Default: /usr/share/datasets/fashion-mnist.", show_default=False
+        ),
+    ] = None,
+    out: OutOption = Path("results"),
+) -> None:
+    """Measure lenet_core's training loop against a DataLoader loop, and Ray Tune's overhead.
+
+    Prints a table and writes OUT/bench/<timestamp>.json. Ratios, not absolute numbers, are
+    what carries across noisy machines.
+    """
+    import time
+
+    import pandas as pd
+
+    from study.bench import BenchSettings, run_bench
+    from study.output import write_json
+
+    if device not in ("cpu", "cuda"):
+        raise StudyError(f"--device must be cpu or cuda, got {device!r}")
+    if threads < 1:
+        raise StudyError(f"--threads must be >= 1, got {threads}")
+    settings = BenchSettings(quick=quick, device=device, threads=threads)
+    folder = prepare_run_dir(out, "bench", ".")
+    say = console().print
+    figures = run_bench(settings=settings, data_dir=data_dir, say=say)
+    print_table(
+        pd.DataFrame(figures["throughput"]), "training throughput (images/s, median)", float_format="{:,.2f}"
+    )
+    epoch = figures["full_epoch"]
+    print_table(pd.DataFrame([epoch]), "one epoch + validation (seconds)", float_format="{:,.2f}")
+    tune_figures = pd.DataFrame([{"figure": k, "value": v} for k, v in figures["tune"].items()])
+    print_table(tune_figures, "Ray Tune study (2 trials at a time)", float_format="{:,.3f}")
+    path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write_json(path, figures)
+    say(f"-> {path}")

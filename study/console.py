@@ -21,7 +21,9 @@ EXIT_INTERRUPTED = 130
 
 
 def console() -> Console:
-    return Console(stderr=False, highlight=False)
+    plain = Console(stderr=False, highlight=False)
+    # Logs and pipes get rich's 80-column default, which truncates wide tables; widen those.
+    return plain if plain.is_terminal else Console(stderr=False, highlight=False, width=160)
 
 
 def fail(message: str) -> typer.Exit:

@@ -412,3 +412,17 @@ def test_rerun_without_resume_does_not_overwrite(small_study):
     )
     assert result.exit_code == 2 and "already exists" in result.stderr
     assert (folder / "trials.parquet").read_bytes() == before
+
+
+def test_first_trial_is_the_default_config_when_the_space_holds_it():
+    from study.space import default_space, parse_space
+    from study.tune import default_point
+
+    base = {"dataset": "digits", "epochs": 1, "seed": 0, "threads": 1, "device": None}
+    assert default_point(base, default_space()) == [
+        {"optimizer": "adam", "lr": 1e-3, "activation": "relu", "pooling": "max", "batch_size": 32}
+    ]
+    narrow = parse_space({"space": {"lr": {"low": 0.01, "high": 0.1}}}, source="t")
+    assert default_point(base, narrow) == []  # 1e-3 lies outside: no point forced
+    classic = {**base, "variant": "classic"}
+    assert default_point(classic, default_space())[0]["activation"] == "tanh"
