@@ -62,6 +62,12 @@ class TrialConfig:
     epochs: int = field(default=10, metadata=_opt("Passes over the training split."))
     weight_decay: float = field(default=0.0, metadata=_opt("L2 weight decay (>= 0)."))
     momentum: float = field(default=0.9, metadata=_opt("Momentum for sgd and rmsprop, in [0, 1)."))
+    test_every_epoch: bool = field(
+        default=False,
+        metadata=_opt(
+            "Also evaluate the test split after every epoch (for test-error curves; never used to select)."
+        ),
+    )
     # --- run
     seed: int = field(default=0, metadata=_opt("Seed for split, init, batch order, augmentation."))
     device: str = field(default="cpu", metadata=_opt("Training device; auto = cuda if present.", DEVICES))
@@ -136,6 +142,8 @@ def _coerce(key: str, value: Any, kind: type, source: str) -> Any:
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is bool and isinstance(value, bool):
         return value
     if kind is str and isinstance(value, str):
         return value

@@ -12,7 +12,7 @@ from lenet_core.errors import StudyError
 from lenet_core.train import train_trial
 from study.console import EXIT_INTERRUPTED, console, one_line_errors, print_table, progress_bar
 from study.options import ConfigFileOption, load_config_file, resolve_config, trial_config_flags
-from study.output import default_run_name, prepare_run_dir
+from study.output import default_run_name, prepare_run_dir, write_provenance
 from study.trial_files import history_frame, write_trial
 
 app = typer.Typer(
@@ -111,6 +111,7 @@ def train(
             report=lambda row: advance(f"val acc {row['val_acc']:.4f}  loss {row['train_loss']:.4f}"),
         )
     write_trial(result, folder)
+    write_provenance(folder, data=data, extra={"kind": "train"})
     print_table(history_frame(result).drop(columns=["status"]), "history")
     out_console.print(
         f"{result.status}: test accuracy {result.test_acc:.4f} (val {result.val_acc:.4f}), "
@@ -251,15 +252,7 @@ def ensemble(
     the same --name reuses the members already trained. Writes comparison, predictions,
     per-class errors and figures to OUT/NAME/ensemble/.
     """
-    from study.ensemble import (
-        config_from_best,
-        find_best_json,
-        member_specs,
-        resnet_spec,
-        top_k_configs,
-        train_all,
-    )
-    from study.ensemble_report import analyze
+    from study.ensemble import config_from_best, find_best_json, run_ensemble, top_k_configs
     from study.raycluster import ClusterOptions
 
     cluster = ClusterOptions(
@@ -286,38 +279,19 @@ def ensemble(
         configs = [base]
     if any(c.model != "lenet5" for c in configs):
         raise StudyError("ensemble members are LeNet-5; use --resnet for the ResNet baseline")
-    specs = member_specs(configs, members, seed=base.seed)
-    baseline = resnet_spec(base, resnet, seed=base.seed)
     data = load_dataset(base.dataset, data_dir=base.data_dir)
-    folder = prepare_run_dir(out, name or default_run_name("ensemble", data.name), "ensemble")
-    say = console().print
-    outputs = train_all(
-        specs + ([baseline] if baseline else []),
+    run_ensemble(
+        configs,
+        base=base,
+        members=members,
+        resnet=resnet,
         data=data,
         cluster=cluster,
-        folder=folder,
+        out=out,
+        name=name or default_run_name("ensemble", data.name),
         device_forced="device" in overrides,
-        say=say,
+        say=console().print,
     )
-    summary = analyze(
-        [outputs[s.name] for s in specs],
-        outputs[baseline.name] if baseline else None,
-        data,
-        folder,
-        seed=base.seed,
-    )
-    say(
-        f"mean single-member test accuracy {summary['mean_member_test_acc']:.4f}; "
-        f"hard vote {summary['hard_vote_test_acc']:.4f}; soft vote {summary['soft_vote_test_acc']:.4f}"
-        + (f"; {baseline.name} {summary['resnet_test_acc']:.4f}" if baseline else "")
-    )
-    say(
-        f"McNemar p (hard vote vs best member) {summary['mcnemar_p_hard_vote_vs_best_member']:.3g}"
-        + (f", vs {baseline.name} {summary['mcnemar_p_hard_vote_vs_resnet']:.3g}" if baseline else "")
-        + f"; disagreement {summary['mean_pairwise_disagreement']:.4f}, oracle "
-        f"{summary['oracle_accuracy']:.4f}, ensemble OOB {summary['ensemble_oob_acc']:.4f}"
-    )
-    say(f"results -> {folder}")
 
 
 @app.command()
@@ -365,3 +339,82 @@ def bench(
     path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     write_json(path, figures)
     say(f"-> {path}")
+
+
+@app.command()
+@one_line_errors
+@trial_config_flags(exclude=("threads",))
+def run(
+    experiment_file: Annotated[
+        Path, typer.Argument(help="An experiment file, e.g. experiments/optimizers.toml.")
+    ],
+    *,
+    smoke: Annotated[
+        bool,
+        typer.Option(help="Cut epochs to 1, seeds to 1, trials and members to 2: checks the pipeline fast."),
+    ] = False,
+    gpus: GpusOption = 0,
+    gpus_per_trial: GpusPerTrialOption = None,
+    cpus_per_trial: CpusPerTrialOption = 1,
+    max_concurrent: MaxConcurrentOption = None,
+    address: AddressOption = None,
+    dashboard_port: DashboardPortOption = None,
+    dashboard_host: DashboardHostOption = "127.0.0.1",
+    out: OutOption = Path("results"),
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Run name (folder under --out). Default: the experiment file's name.",
+            show_default=False,
+        ),
+    ] = None,
+    overrides: dict[str, Any],
+) -> None:
+    """Run an experiment file (sweep, data-fraction, tune or ensemble) through Ray.
+
+    TrialConfig flags (e.g. --dataset digits, --data-dir DIR) override the file's [fixed] values.
+    Writes tables (parquet + CSV), per-epoch curves, summaries and figures to OUT/NAME/.
+    """
+    from study.experiment import execute, load_experiment
+    from study.raycluster import ClusterOptions
+
+    cluster = ClusterOptions(
+        gpus=gpus,
+        gpus_per_trial=gpus_per_trial,
+        cpus_per_trial=cpus_per_trial,
+        max_concurrent=max_concurrent,
+        address=address,
+        dashboard_port=dashboard_port,
+        dashboard_host=dashboard_host,
+    )
+    experiment = load_experiment(experiment_file)
+    if smoke:
+        experiment = experiment.smoke()
+    experiment = experiment.with_overrides(overrides)
+    base = experiment.base_config()
+    data = load_dataset(base.dataset, data_dir=base.data_dir)
+    root = execute(
+        experiment,
+        data=data,
+        cluster=cluster,
+        out=out,
+        name=name or experiment.name,
+        say=console().print,
+    )
+    console().print(f"results -> {root}  (write it up with: study report {root})")
+
+
+@app.command()
+@one_line_errors
+def report(
+    folder: Annotated[Path, typer.Argument(help="A results folder: results/NAME.")],
+) -> None:
+    """Write FOLDER/REPORT.md: what was run, summary tables, figures, and what they show.
+
+    Works for tune, ensemble, train and experiment folders; every sentence is computed from the
+    numbers in the folder.
+    """
+    from study.report import write_report
+
+    console().print(f"-> {write_report(folder)}")

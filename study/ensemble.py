@@ -223,25 +223,11 @@ def train_all(
     say: Any = print,
 ) -> dict[str, MemberOutput]:
     """Train every spec not already checkpointed in ``folder``, ``plan.concurrent`` at a time."""
-    from study.console import progress_bar
-    from study.raycluster import plan_resources, ray_session
+    from study.raycluster import map_on_ray, ray_session
 
     outputs: dict[str, MemberOutput] = {}
-    with ray_session(
-        address=cluster.address,
-        gpus=cluster.gpus,
-        dashboard_port=cluster.dashboard_port,
-        dashboard_host=cluster.dashboard_host,
-    ) as session:
-        import ray
-
-        plan = plan_resources(
-            total_cpus=session.total_cpus,
-            total_gpus=session.total_gpus,
-            cpus_per_trial=cluster.cpus_per_trial,
-            gpus_per_trial=cluster.gpus_per_trial,
-            max_concurrent=cluster.max_concurrent,
-        )
+    with ray_session(cluster) as session:
+        plan = session.plan
         todo = []
         for spec in (placed(s, plan, device_forced) for s in specs):
             loaded = load_member(spec, folder)
@@ -253,26 +239,71 @@ def train_all(
             f"Ray dashboard: {session.dashboard_url or 'not available'}; {len(todo)} models to "
             f"train, {len(outputs)} reused from {folder / MEMBERS_FOLDER}, {plan.concurrent} at a time"
         )
-        if not todo:
-            return outputs
-        data_ref = ray.put(data)  # one copy in the object store; tasks read it zero-copy
-        task = ray.remote(_train_member_task).options(
-            num_cpus=plan.cpus_per_trial, num_gpus=plan.gpus_per_trial, max_retries=2
+
+        def keep(spec: MemberSpec, output: MemberOutput) -> str:
+            save_member(output, folder)
+            outputs[spec.name] = output
+            return f"{spec.name} test acc {output.summary['test_acc']:.4f}"
+
+        map_on_ray(
+            _train_member_task,
+            todo,
+            data=data,
+            plan=plan,
+            label="models",
+            name=lambda spec: spec.name,
+            on_result=keep,
+            already_done=len(outputs),
         )
-        queue, pending = list(todo), {}
-        with progress_bar("models", len(specs)) as advance:
-            advance("", steps=len(outputs))
-            while queue or pending:
-                while queue and len(pending) < plan.concurrent:
-                    spec = queue.pop(0)
-                    pending[task.remote(spec, data_ref)] = spec
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                spec = pending.pop(ready[0])
-                try:
-                    output = ray.get(ready[0])
-                except ray.exceptions.RayError as exc:
-                    raise StudyError(f"{spec.name} failed: {str(exc).strip().splitlines()[-1]}") from exc
-                save_member(output, folder)
-                outputs[spec.name] = output
-                advance(f"{spec.name} test acc {output.summary['test_acc']:.4f}")
     return outputs
+
+
+def run_ensemble(
+    configs: list[TrialConfig],
+    *,
+    base: TrialConfig,
+    members: int,
+    resnet: str,
+    data: ImageData,
+    cluster: Any,
+    out: Path,
+    name: str,
+    device_forced: bool = False,
+    say: Any = print,
+) -> dict[str, Any]:
+    """Train (or reuse) the members and the baseline, vote, and write every table and figure."""
+    from study.ensemble_report import analyze
+    from study.output import prepare_run_dir, write_provenance
+
+    specs = member_specs(configs, members, seed=base.seed)
+    baseline = resnet_spec(base, resnet, seed=base.seed)
+    folder = prepare_run_dir(out, name, "ensemble")
+    outputs = train_all(
+        specs + ([baseline] if baseline else []),
+        data=data,
+        cluster=cluster,
+        folder=folder,
+        device_forced=device_forced,
+        say=say,
+    )
+    summary = analyze(
+        [outputs[s.name] for s in specs],
+        outputs[baseline.name] if baseline else None,
+        data,
+        folder,
+        seed=base.seed,
+    )
+    resnet_part = f"; {baseline.name} {summary['resnet_test_acc']:.4f}" if baseline else ""
+    say(
+        f"mean single-member test accuracy {summary['mean_member_test_acc']:.4f}; hard vote "
+        f"{summary['hard_vote_test_acc']:.4f}; soft vote {summary['soft_vote_test_acc']:.4f}" + resnet_part
+    )
+    vs_resnet = f", vs {baseline.name} {summary['mcnemar_p_hard_vote_vs_resnet']:.3g}" if baseline else ""
+    say(
+        f"McNemar p (hard vote vs best member) {summary['mcnemar_p_hard_vote_vs_best_member']:.3g}"
+        f"{vs_resnet}; disagreement {summary['mean_pairwise_disagreement']:.4f}, oracle "
+        f"{summary['oracle_accuracy']:.4f}, ensemble OOB {summary['ensemble_oob_acc']:.4f}"
+    )
+    write_provenance(folder, data=data, extra={"kind": "ensemble", "members": members, "resnet": resnet})
+    say(f"results -> {folder}")
+    return summary

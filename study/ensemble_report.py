@@ -199,7 +199,7 @@ def analyze(
         data,
         folder,
         vote=vote,
-        soft_conf=soft_conf,
+        vote_conf=probas.mean(axis=0)[np.arange(len(vote)), vote],
         resnet_pred=resnet_pred,
         per_class=per_class,
         diversity=diversity,
@@ -218,7 +218,7 @@ def write_figures(
     folder: Path,
     *,
     vote: np.ndarray,
-    soft_conf: np.ndarray,
+    vote_conf: np.ndarray,  # mean member probability of the class the hard vote chose
     resnet_pred: np.ndarray | None,
     per_class: pd.DataFrame,
     diversity: dict[str, Any],
@@ -234,7 +234,12 @@ def write_figures(
         resnet_name=resnet.spec.name if resnet else None,
     )
     figs.misclassified_grid(
-        data.test_images, labels, vote, soft_conf, folder / "misclassified.png", limit=MISCLASSIFIED_SHOWN
+        data.test_images,
+        labels,
+        vote,
+        vote_conf,
+        folder / "misclassified.png",
+        limit=MISCLASSIFIED_SHOWN,
     )
     figs.vote_accuracy_curve(
         diversity["vote_accuracy_by_members"],

@@ -135,3 +135,50 @@ def read_json(path: Path, *, what: str = "file") -> Any:
         raise StudyError(f"{what} {path} cannot be read ({exc})") from exc
     except json.JSONDecodeError as exc:
         raise StudyError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a run happened, for the report: platform, cores, memory, GPUs."""
+    import os
+    import platform
+
+    import torch
+
+    try:
+        memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        memory_gb = float("nan")
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
+    return {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(memory_gb, 1),
+        "gpus": gpus,
+    }
+
+
+def write_provenance(folder: Path, *, data: Any, extra: dict[str, Any] | None = None) -> None:
+    """``run.json``: the exact command, library versions, data checksum and machine of a run."""
+    import shlex
+    import sys
+
+    from lenet_core.train import library_versions
+
+    write_json(
+        folder / "run.json",
+        {
+            "command": "study " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "dataset": data.name,
+            "data_source": data.source,
+            "data_checksum": data.checksum,
+            "versions": library_versions(),
+            "machine": machine_info(),
+            **(extra or {}),
+        },
+    )

@@ -6,11 +6,15 @@ import math
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from lenet_core.errors import ConfigError, StudyError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_DASHBOARD_PORT = 8265
@@ -145,21 +149,19 @@ class RaySession:
     total_cpus: float
     total_gpus: float
     token_auth: bool  # Ray's token authentication guards the dashboard
+    plan: ResourcePlan  # what each trial asks for on this cluster, and how many fit at once
 
 
 @contextmanager
-def ray_session(
-    *,
-    address: str | None,
-    gpus: float,
-    dashboard_port: int | None,
-    dashboard_host: str = LOOPBACK,
-) -> Iterator[RaySession]:
-    """Join ``address``, or start Ray in-process with its dashboard on 127.0.0.1 by default."""
+def ray_session(cluster: ClusterOptions) -> Iterator[RaySession]:
+    """Join ``cluster.address``, or start Ray in-process with its dashboard on 127.0.0.1 by
+    default; the session carries the resource plan for the cluster it found."""
     import ray
 
     # Tune's console output would fight our progress bar; the dashboard and files have it all.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    address, gpus = cluster.address, cluster.gpus
+    dashboard_host = cluster.dashboard_host
     if address is not None:
         check_address_reachable(address)
         try:
@@ -183,7 +185,7 @@ def ray_session(
                 f"submissions (arbitrary code) from anyone who can reach it",
                 file=sys.stderr,
             )
-        port = choose_dashboard_port(dashboard_host, dashboard_port)
+        port = choose_dashboard_port(dashboard_host, cluster.dashboard_port)
         context = ray.init(
             num_cpus=os.cpu_count(),
             num_gpus=gpus,
@@ -197,11 +199,20 @@ def ray_session(
     try:
         resources = ray.cluster_resources()
         url = context.dashboard_url
+        total_cpus = float(resources.get("CPU", 0))
+        total_gpus = float(resources.get("GPU", 0))
         yield RaySession(
             dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
-            total_cpus=float(resources.get("CPU", 0)),
-            total_gpus=float(resources.get("GPU", 0)),
+            total_cpus=total_cpus,
+            total_gpus=total_gpus,
             token_auth=_token_auth_enabled(),
+            plan=plan_resources(
+                total_cpus=total_cpus,
+                total_gpus=total_gpus,
+                cpus_per_trial=cluster.cpus_per_trial,
+                gpus_per_trial=cluster.gpus_per_trial,
+                max_concurrent=cluster.max_concurrent,
+            ),
         )
     finally:
         ray.shutdown()
@@ -214,3 +225,45 @@ def _token_auth_enabled() -> bool:
         return bool(is_token_auth_enabled())
     except Exception:  # older or newer Ray without this module: say nothing
         return False
+
+
+def map_on_ray(
+    fn: Callable[[T, Any], R],
+    items: list[T],
+    *,
+    data: Any,
+    plan: ResourcePlan,
+    label: str,
+    name: Callable[[T], str],
+    on_result: Callable[[T, R], str],
+    already_done: int = 0,
+) -> None:
+    """Run ``fn(item, data)`` for every item as Ray tasks, ``plan.concurrent`` at a time.
+
+    ``data`` goes into the object store once and every task reads it zero-copy. ``on_result``
+    runs in the driver as each task finishes (to save it at once) and returns a progress note.
+    A task that fails after Ray's retries ends the run with a one-line error naming the item.
+    """
+    import ray
+
+    from study.console import progress_bar
+
+    if not items:
+        return
+    data_ref = ray.put(data)
+    task = ray.remote(fn).options(num_cpus=plan.cpus_per_trial, num_gpus=plan.gpus_per_trial, max_retries=2)
+    queue, pending = list(items), {}
+    with progress_bar(label, len(items) + already_done) as advance:
+        advance("", steps=already_done)
+        while queue or pending:
+            while queue and len(pending) < plan.concurrent:
+                item = queue.pop(0)
+                pending[task.remote(item, data_ref)] = item
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            item = pending.pop(ready[0])
+            try:
+                output = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:
+                reason = str(exc).strip().splitlines()[-1]
+                raise StudyError(f"{name(item)} failed: {reason}") from exc
+            advance(on_result(item, output))

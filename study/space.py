@@ -75,6 +75,10 @@ def load_space(path: Path) -> SearchSpace:
         raise ConfigError(f"space file {path} cannot be read ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"space file {path} is not valid TOML ({exc})") from exc
+    if "kind" in raw:  # a tune experiment file: its [space] and [fixed] are a space file
+        if raw["kind"] != "tune":
+            raise ConfigError(f"{path}: an experiment of kind {raw['kind']!r} holds no search space")
+        raw = {k: v for k, v in raw.items() if k in ("space", "fixed")}
     return parse_space(raw, source=str(path))
 
 

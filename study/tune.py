@@ -386,28 +386,18 @@ def run_study(
     resume: bool,
     say: Any = print,
     probe_memory: bool = False,
+    on_trial_done: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """Run (or resume) a study and write every result file; returns (trials, epochs, folder)."""
     from study.figures import write_tune_report
-    from study.output import prepare_run_dir, write_table
-    from study.raycluster import plan_resources, ray_session
+    from study.output import prepare_run_dir, write_provenance, write_table
+    from study.raycluster import ray_session
     from study.tune_progress import TrialProgress
 
     epochs = trial_config({**base, "device": "cpu"}, {}).epochs  # "epochs" is never searched
     identity = study_identity(base, space, settings, data)
-    with ray_session(
-        address=cluster.address,
-        gpus=cluster.gpus,
-        dashboard_port=cluster.dashboard_port,
-        dashboard_host=cluster.dashboard_host,
-    ) as session:
-        plan = plan_resources(
-            total_cpus=session.total_cpus,
-            total_gpus=session.total_gpus,
-            cpus_per_trial=cluster.cpus_per_trial,
-            gpus_per_trial=cluster.gpus_per_trial,
-            max_concurrent=cluster.max_concurrent,
-        )
+    with ray_session(cluster) as session:
+        plan = session.plan
         folder = prepare_run_dir(out, name, "tune")
         resuming = check_resume(folder, identity, resume=resume)
         if not resuming:
@@ -430,7 +420,7 @@ def run_study(
             folder=folder,
             epochs=epochs,
             resume=resuming,
-            callbacks=[TrialProgress(settings.trials)],
+            callbacks=[TrialProgress(settings.trials, on_trial_done)],
             probe_memory=probe_memory,
         )
         grid = tuner.fit()
@@ -441,6 +431,7 @@ def run_study(
     if best is not None:
         write_best(folder, best, data)
     write_tune_report(folder, trials, epoch_rows, space.optuna_distributions())
+    write_provenance(folder, data=data, extra={"kind": "tune", "trials": settings.trials})
     finished = int((trials["status"] != "unfinished").sum())
     if finished < settings.trials:
         raise StudyInterrupted(

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from study.cli import app
 
 runner = CliRunner()
+SMALL_STUDY = ["tune", "--dataset", "digits", "--trials", "4", "--epochs", "2", "--seed", "1", "--out"]
 STATUSES = {"completed", "pruned", "diverged", "errored"}
 
 
@@ -37,16 +38,7 @@ def small_study(tmp_path_factory):
     result = runner.invoke(
         app,
         [
-            "tune",
-            "--dataset",
-            "digits",
-            "--trials",
-            "4",
-            "--epochs",
-            "2",
-            "--seed",
-            "1",
-            "--out",
+            *SMALL_STUDY,
             str(out),
             "--name",
             "s",
@@ -395,16 +387,7 @@ def test_rerun_without_resume_does_not_overwrite(small_study):
     result = runner.invoke(
         app,
         [
-            "tune",
-            "--dataset",
-            "digits",
-            "--trials",
-            "4",
-            "--epochs",
-            "2",
-            "--seed",
-            "1",
-            "--out",
+            *SMALL_STUDY,
             str(folder.parent.parent),
             "--name",
             "s",
