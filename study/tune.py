@@ -359,12 +359,19 @@ def split_base_and_space(
     seed: int,
     cluster: ClusterOptions,
 ) -> tuple[dict[str, Any], SearchSpace]:
-    """Values every trial shares, and the space left to search: a flag fixes a searched field."""
-    fixed_by_user = {**file_values, **flags}
-    params = {k: v for k, v in space.params.items() if k not in fixed_by_user}
+    """Values every trial shares, and the space left to search.
+
+    A flag fixes a searched field. A --config file only fills the fields that are not searched
+    (its own optimizer, lr, ... would otherwise end the search), and its device and threads give
+    way to the cluster's resources.
+    """
+    params = {k: v for k, v in space.params.items() if k not in flags}
     if not params:
         raise ConfigError("every searched field is fixed by a flag; nothing left to search")
-    base = {**space.fixed, **file_values, **flags, "threads": cluster.cpus_per_trial}
+    from_file = {
+        k: v for k, v in file_values.items() if k not in space.params and k not in ("device", "threads")
+    }
+    base = {**space.fixed, **from_file, **flags, "threads": cluster.cpus_per_trial}
     base.setdefault("seed", seed)
     base.setdefault("device", None)  # None: cuda when Ray gave the trial a GPU, else cpu
     searched = SearchSpace(params=params, fixed=space.fixed)

@@ -1,7 +1,6 @@
 import json
 
 import pandas as pd
-import pytest
 from typer.testing import CliRunner
 
 from lenet_core.config import FIELD_NAMES
@@ -63,39 +62,3 @@ def test_help_documents_every_trial_config_flag():
     assert result.exit_code == 0
     for name in FIELD_NAMES:
         assert "--" + name.replace("_", "-") in result.output
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--lr", "-1"], "--lr must be > 0"),
-        (["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
-        (["--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--epochs", "0"], "--epochs must be >= 1"),
-        (["--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "does not exist"),
-        (["--config", "/nonexistent/best.json"], "does not exist"),
-        (["--model", "vgg"], "unknown model 'vgg'"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
-    base = ["train", "--dataset", "digits", "--epochs", "1", "--out", tmp_path, "--name", "x"]
-    result = run(*base, *args)
-    assert result.exit_code == 2
-    assert message in result.stderr
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert "Traceback" not in result.output
-    assert not (tmp_path / "x").exists()
-
-
-def test_config_file_that_is_not_json(tmp_path):
-    bad = tmp_path / "best.json"
-    bad.write_text("{not json")
-    result = run("train", "--config", bad, "--out", tmp_path)
-    assert result.exit_code == 2 and "not valid JSON" in result.stderr
-
-
-def test_config_file_with_unknown_key(tmp_path):
-    bad = tmp_path / "best.json"
-    bad.write_text(json.dumps({"config": {"dataset": "digits", "learning_rate": 0.1}}))
-    result = run("train", "--config", bad, "--out", tmp_path)
-    assert result.exit_code == 2 and "unknown key 'learning_rate'" in result.stderr

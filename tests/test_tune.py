@@ -104,88 +104,6 @@ def test_two_one_thread_trials_run_side_by_side(small_study):
     assert peak == 2  # 2 cores, --cpus-per-trial 1
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--trials", "0"], "--trials must be >= 1"),
-        (["--gpus-per-trial", "0"], "--gpus-per-trial must be a fraction"),
-        (["--gpus-per-trial", "1.5"], "--gpus-per-trial must be a fraction"),
-        (["--cpus-per-trial", "0"], "--cpus-per-trial must be >= 1"),
-        (["--scheduler", "pbt"], "unknown scheduler"),
-        (["--gpus", "2"], "CUDA sees 0 GPU"),
-        (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
-        (["--resume"], "--resume needs the --name"),
-        (
-            [
-                "--optimizer",
-                "adam",
-                "--lr",
-                "0.1",
-                "--activation",
-                "relu",
-                "--pooling",
-                "max",
-                "--batch-size",
-                "32",
-            ],
-            "nothing left to search",
-        ),
-    ],
-)
-def test_bad_tune_input_is_one_line_exit_2(tmp_path, args, message):
-    result = runner.invoke(
-        app, ["tune", "--dataset", "digits", "--trials", "2", "--epochs", "1", "--out", str(tmp_path), *args]
-    )
-    assert result.exit_code == 2, result.output
-    assert message in result.stderr and result.stderr.count("\n") == 1
-    assert not any(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("[space]\nlr = { low = 1.0, high = 0.001, log = true }\n", "range reversed"),
-        (
-            "[space]\nlr = { low = 0.001, high = 1.0 }\nmomentun = { low = 0.1, high = 0.9 }\n",
-            "unknown key 'momentun'",
-        ),
-        ("[space]\noptimizer = { choices = [] }\n", "non-empty list"),
-    ],
-)
-def test_bad_space_file_is_one_line_exit_2(tmp_path, text, message):
-    space = tmp_path / "space.toml"
-    space.write_text(text)
-    result = runner.invoke(
-        app, ["tune", "--dataset", "digits", "--space", str(space), "--out", str(tmp_path / "out")]
-    )
-    assert result.exit_code == 2 and message in result.stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_dashboard_port_in_use_is_refused(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        result = runner.invoke(
-            app,
-            [
-                "tune",
-                "--dataset",
-                "digits",
-                "--trials",
-                "1",
-                "--epochs",
-                "1",
-                "--dashboard-port",
-                str(port),
-                "--out",
-                str(tmp_path),
-            ],
-        )
-    assert result.exit_code == 2 and f"--dashboard-port {port} is already in use" in result.stderr
-
-
 def test_dashboard_answers_http_while_the_study_runs(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
@@ -409,3 +327,26 @@ def test_first_trial_is_the_default_config_when_the_space_holds_it():
     assert default_point(base, narrow) == []  # 1e-3 lies outside: no point forced
     classic = {**base, "variant": "classic"}
     assert default_point(classic, default_space())[0]["activation"] == "tanh"
+
+
+def test_config_file_fills_only_unsearched_fields_and_flags_fix_searched_ones():
+    from study.raycluster import ClusterOptions
+    from study.space import default_space
+    from study.tune import split_base_and_space
+
+    best = {
+        "dataset": "digits",
+        "optimizer": "sgd",
+        "lr": 0.5,
+        "epochs": 7,
+        "device": "cpu",
+        "threads": 4,
+        "weight_decay": 1e-4,
+    }
+    base, space = split_base_and_space(
+        default_space(), best, {"pooling": "avg"}, seed=3, cluster=ClusterOptions(cpus_per_trial=1)
+    )
+    assert set(space.params) == {"optimizer", "lr", "activation", "batch_size"}
+    assert base["epochs"] == 7 and base["weight_decay"] == 1e-4 and base["pooling"] == "avg"
+    assert "optimizer" not in base and base["threads"] == 1 and base["device"] is None
+    assert base["seed"] == 3
