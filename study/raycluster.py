@@ -137,6 +137,16 @@ def choose_dashboard_port(host: str, asked: int | None) -> int:
         return int(sock.getsockname()[1])
 
 
+def dashboard_warning(host: str) -> str | None:
+    """A warning when the dashboard would listen beyond this machine's loopback interface."""
+    if host in (LOOPBACK, "localhost"):
+        return None
+    return (
+        f"warning: the Ray dashboard will listen on {host}; it accepts job submissions "
+        f"(arbitrary code) from anyone who can reach it"
+    )
+
+
 def visible_cuda_gpus() -> int:
     import torch
 
@@ -179,12 +189,9 @@ def ray_session(cluster: ClusterOptions) -> Iterator[RaySession]:
                 f"--gpus {gpus:g} asked for, but CUDA sees {cuda} GPU(s) here; use --gpus {cuda} "
                 f"or join a cluster that has them with --address"
             )
-        if dashboard_host != LOOPBACK:
-            print(
-                f"warning: the Ray dashboard will listen on {dashboard_host}; it accepts job "
-                f"submissions (arbitrary code) from anyone who can reach it",
-                file=sys.stderr,
-            )
+        warning = dashboard_warning(dashboard_host)
+        if warning:
+            print(warning, file=sys.stderr)
         port = choose_dashboard_port(dashboard_host, cluster.dashboard_port)
         context = ray.init(
             num_cpus=os.cpu_count(),

@@ -39,6 +39,10 @@ def test_trial_worker_killed_mid_trial_is_retried_and_the_study_completes(tmp_pa
             "12",
             "--scheduler",
             "none",
+            "--optimizer",  # a stable optimizer: every trial should complete all its epochs
+            "adam",
+            "--lr",
+            "0.001",
             "--out",
             str(tmp_path),
             "--name",
@@ -121,3 +125,43 @@ def test_two_hundred_trials_complete_and_driver_memory_stays_flat(tmp_path):
     (tmp_path / "memory.json").write_text(json.dumps({"after_20_mb": after_20, "at_end_mb": at_end}))
     print(f"driver RSS after 20 trials {after_20:.0f} MB, after 200 {at_end:.0f} MB")
     assert at_end <= 1.2 * after_20
+
+
+def test_dashboard_beyond_loopback_gets_a_warning():
+    from study.raycluster import dashboard_warning
+
+    assert dashboard_warning("127.0.0.1") is None
+    assert "accepts job submissions" in dashboard_warning("0.0.0.0")
+
+
+class Payload:
+    """Stands in for code hidden in a pickle someone hands you."""
+
+
+def test_weights_are_loaded_without_unpickling_code(tmp_path):
+    import torch
+
+    from lenet_core.errors import StudyError
+    from study.output import load_weights, save_weights
+
+    save_weights({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    assert torch.equal(load_weights(tmp_path / "ok.pt")["w"], torch.ones(2))
+    torch.save({"w": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(StudyError, match="not a readable weights file"):
+        load_weights(tmp_path / "evil.pt")
+
+
+def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
+    from study.output import write_json, write_via_temp
+
+    path = tmp_path / "result.json"
+    write_json(path, {"v": 1})
+
+    def crash(tmp):
+        tmp.write_text('{"v": 2, "trunc')
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_via_temp(path, crash)
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temp file left
