@@ -72,12 +72,13 @@ class Experiment:
         return experiment
 
     def check(self) -> None:
+        """Refuse a field both fixed and swept, and any value that makes no valid config."""
         where = f"{self.name}.toml"
         for swept in self.sweep:
             if swept in self.fixed:
                 raise ConfigError(f"{where}: {swept!r} is both fixed and swept")
-        for config in self.configs() or [self.base_config()]:
-            del config  # constructing them validated every value
+        self.base_config()
+        self.configs()  # building every run's TrialConfig validates every swept value
 
     def base_config(self) -> TrialConfig:
         return from_dict(self.fixed, source=f"{self.name}.toml [fixed]")

@@ -83,7 +83,12 @@ def fraction_plot(runs: pd.DataFrame, path: Path, *, title: str) -> None:
     grouped = runs.groupby("train_images")[["train_error", "test_error"]].mean()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     floor = 1e-4  # a perfect training fit would vanish from a log axis
-    ax.plot(grouped.index, grouped["train_error"].clip(lower=floor), marker="o", label="training error")
+    ax.plot(
+        grouped.index,
+        grouped["train_error"].clip(lower=floor),
+        marker="o",
+        label="training error (running, last epoch)",
+    )
     ax.plot(grouped.index, grouped["test_error"].clip(lower=floor), marker="s", label="test error")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -155,6 +155,8 @@ def test_study_joins_a_ray_head_started_with_ray_start(tmp_path):
     # Ray's unix sockets live under RAY_TMPDIR and must stay under 108 characters.
     # RAY_AUTH_MODE=token: the head requires Ray's token (~/.ray/auth_token), so drivers send it.
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rt", dir="/tmp"), "RAY_AUTH_MODE": "token"}
+    if not (Path.home() / ".ray" / "auth_token").is_file():
+        subprocess.run([ray_bin, "get-auth-token", "--generate"], check=True, capture_output=True, env=env)
     subprocess.run(
         [
             ray_bin,
