@@ -16,7 +16,6 @@ with one line naming the key::
 from __future__ import annotations
 
 import itertools
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -106,14 +105,9 @@ class Experiment:
 
 
 def load_experiment(path: Path) -> Experiment:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"experiment file {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"experiment file {path} cannot be read ({exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"experiment file {path} is not valid TOML ({exc})") from exc
+    from study.output import read_toml
+
+    raw = read_toml(path, what="experiment file")
     return parse_experiment(raw, name=path.stem)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +18,7 @@ import typer
 
 from lenet_core.config import FIELD_NAMES, TrialConfig, field_types, from_dict
 from lenet_core.errors import ConfigError
-from study.output import read_json
+from study.output import read_json, read_toml
 
 PANEL = "Trial config (any TrialConfig field)"
 
@@ -83,12 +82,7 @@ ConfigFileOption = Annotated[
 def load_config_file(path: Path) -> dict[str, Any]:
     """The config values in ``path``: a bare config, or a result with a "config" entry."""
     if path.suffix == ".toml":
-        try:
-            values: Any = tomllib.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {path} does not exist") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML ({exc})") from exc
+        values: Any = read_toml(path, what="config file")
     else:
         values = read_json(path, what="config file")
     if isinstance(values, dict) and isinstance(values.get("config"), dict):

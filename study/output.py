@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import pandas as pd
 
-from lenet_core.errors import StudyError
+from lenet_core.errors import ConfigError, StudyError
 
 
 def default_run_name(command: str, dataset: str) -> str:
@@ -124,6 +124,20 @@ def load_weights(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise StudyError(f"{path}: not a readable weights file ({type(exc).__name__})") from exc
+
+
+def read_toml(path: Path, *, what: str = "file") -> dict[str, Any]:
+    """Parse a TOML file (never evaluated: tomllib only builds data), errors in one line."""
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML ({exc})") from exc
 
 
 def read_json(path: Path, *, what: str = "file") -> Any:

@@ -13,7 +13,6 @@ A space file has two tables, nothing else::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,14 +66,9 @@ def default_space() -> SearchSpace:
 
 
 def load_space(path: Path) -> SearchSpace:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"space file {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"space file {path} cannot be read ({exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"space file {path} is not valid TOML ({exc})") from exc
+    from study.output import read_toml
+
+    raw = read_toml(path, what="space file")
     if "kind" in raw:  # a tune experiment file: its [space] and [fixed] are a space file
         if raw["kind"] != "tune":
             raise ConfigError(f"{path}: an experiment of kind {raw['kind']!r} holds no search space")
