@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +15,7 @@ from lenet_core.train import train_trial
 from study.console import EXIT_INTERRUPTED, console, one_line_errors, print_table, progress_bar
 from study.options import ConfigFileOption, load_config_file, resolve_config, trial_config_flags
 from study.output import default_run_name, prepare_run_dir, write_provenance
+from study.raycluster import ClusterOptions
 from study.trial_files import history_frame, write_trial
 
 app = typer.Typer(
@@ -76,6 +79,36 @@ DashboardHostOption = Annotated[
 ]
 
 
+CLUSTER_FLAGS: dict[str, tuple[Any, Any]] = {
+    "gpus": (GpusOption, 0),
+    "gpus_per_trial": (GpusPerTrialOption, None),
+    "cpus_per_trial": (CpusPerTrialOption, 1),
+    "max_concurrent": (MaxConcurrentOption, None),
+    "address": (AddressOption, None),
+    "dashboard_port": (DashboardPortOption, None),
+    "dashboard_host": (DashboardHostOption, "127.0.0.1"),
+}
+
+
+def cluster_flags(func: Any) -> Any:
+    """Give a command taking ``cluster: ClusterOptions`` the flags that build it, in one place."""
+    own = inspect.signature(func)
+    params = [p for p in own.parameters.values() if p.name != "cluster"]
+    params += [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+        for n, (a, d) in CLUSTER_FLAGS.items()
+    ]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        cluster = ClusterOptions(**{n: kwargs.pop(n) for n in CLUSTER_FLAGS})
+        return func(**kwargs, cluster=cluster)
+
+    wrapper.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
 @app.callback()
 def study() -> None:
     """LeNet-5 hyperparameter and ensemble study on MNIST-style digits."""
@@ -125,6 +158,7 @@ def main() -> None:
 
 @app.command()
 @one_line_errors
+@cluster_flags
 @trial_config_flags(exclude=("threads",))
 def tune(
     *,
@@ -136,20 +170,14 @@ def tune(
     scheduler: Annotated[
         str, typer.Option(help="Early stopping: asha (grace period 1 epoch) or none.")
     ] = "asha",
-    gpus: GpusOption = 0,
-    gpus_per_trial: GpusPerTrialOption = None,
-    cpus_per_trial: CpusPerTrialOption = 1,
-    max_concurrent: MaxConcurrentOption = None,
-    address: AddressOption = None,
     resume: Annotated[
         bool,
         typer.Option(help="Continue the study --name after an interrupt or crash; finished trials are kept."),
     ] = False,
-    dashboard_port: DashboardPortOption = None,
-    dashboard_host: DashboardHostOption = "127.0.0.1",
     config_file: ConfigFileOption = None,
     out: OutOption = Path("results"),
     name: NameOption = None,
+    cluster: ClusterOptions,
     overrides: dict[str, Any],
 ) -> None:
     """Search optimizer, lr, activation, pooling and batch size with Ray Tune + Optuna (TPE) + ASHA.
@@ -158,7 +186,6 @@ def tune(
     from the search. Writes trials.parquet/csv, epochs.parquet, best.json, summary.md and
     figures to OUT/NAME/tune/.
     """
-    from study.raycluster import ClusterOptions
     from study.space import default_space, load_space
     from study.tune import (
         StudyInterrupted,
@@ -168,15 +195,6 @@ def tune(
     )
 
     settings = TuneSettings(trials=trials, seed=overrides.get("seed", 0), scheduler=scheduler)
-    cluster = ClusterOptions(
-        gpus=gpus,
-        gpus_per_trial=gpus_per_trial,
-        cpus_per_trial=cpus_per_trial,
-        max_concurrent=max_concurrent,
-        address=address,
-        dashboard_port=dashboard_port,
-        dashboard_host=dashboard_host,
-    )
     if resume and not name:
         raise StudyError("--resume needs the --name of the study to continue")
     space = load_space(space_file) if space_file else default_space()
@@ -211,6 +229,7 @@ def tune(
 
 @app.command()
 @one_line_errors
+@cluster_flags
 @trial_config_flags(exclude=("threads",))
 def ensemble(
     *,
@@ -234,16 +253,10 @@ def ensemble(
             help="ResNet baseline on the full training split: resnet18, resnet34, resnet50 or none.",
         ),
     ] = "resnet18",
-    gpus: GpusOption = 0,
-    gpus_per_trial: GpusPerTrialOption = None,
-    cpus_per_trial: CpusPerTrialOption = 1,
-    max_concurrent: MaxConcurrentOption = None,
-    address: AddressOption = None,
-    dashboard_port: DashboardPortOption = None,
-    dashboard_host: DashboardHostOption = "127.0.0.1",
     config_file: ConfigFileOption = None,
     out: OutOption = Path("results"),
     name: NameOption = None,
+    cluster: ClusterOptions,
     overrides: dict[str, Any],
 ) -> None:
     """Bagged LeNet-5 members against a ResNet: hard and soft vote, significance, error analysis.
@@ -253,17 +266,7 @@ def ensemble(
     per-class errors and figures to OUT/NAME/ensemble/.
     """
     from study.ensemble import config_from_best, find_best_json, run_ensemble, top_k_configs
-    from study.raycluster import ClusterOptions
 
-    cluster = ClusterOptions(
-        gpus=gpus,
-        gpus_per_trial=gpus_per_trial,
-        cpus_per_trial=cpus_per_trial,
-        max_concurrent=max_concurrent,
-        address=address,
-        dashboard_port=dashboard_port,
-        dashboard_host=dashboard_host,
-    )
     if members < 2:
         raise StudyError(f"--members must be >= 2 for a vote, got {members}")
     if from_dir is not None and config_file is not None:
@@ -343,6 +346,7 @@ def bench(
 
 @app.command()
 @one_line_errors
+@cluster_flags
 @trial_config_flags(exclude=("threads",))
 def run(
     experiment_file: Annotated[
@@ -353,13 +357,6 @@ def run(
         bool,
         typer.Option(help="Cut epochs to 1, seeds to 1, trials and members to 2: checks the pipeline fast."),
     ] = False,
-    gpus: GpusOption = 0,
-    gpus_per_trial: GpusPerTrialOption = None,
-    cpus_per_trial: CpusPerTrialOption = 1,
-    max_concurrent: MaxConcurrentOption = None,
-    address: AddressOption = None,
-    dashboard_port: DashboardPortOption = None,
-    dashboard_host: DashboardHostOption = "127.0.0.1",
     out: OutOption = Path("results"),
     name: Annotated[
         str | None,
@@ -369,6 +366,7 @@ def run(
             show_default=False,
         ),
     ] = None,
+    cluster: ClusterOptions,
     overrides: dict[str, Any],
 ) -> None:
     """Run an experiment file (sweep, data-fraction, tune or ensemble) through Ray.
@@ -377,17 +375,7 @@ def run(
     Writes tables (parquet + CSV), per-epoch curves, summaries and figures to OUT/NAME/.
     """
     from study.experiment import execute, load_experiment
-    from study.raycluster import ClusterOptions
 
-    cluster = ClusterOptions(
-        gpus=gpus,
-        gpus_per_trial=gpus_per_trial,
-        cpus_per_trial=cpus_per_trial,
-        max_concurrent=max_concurrent,
-        address=address,
-        dashboard_port=dashboard_port,
-        dashboard_host=dashboard_host,
-    )
     experiment = load_experiment(experiment_file)
     if smoke:
         experiment = experiment.smoke()
