@@ -14,12 +14,17 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from lenet_core.data import AUGMENTATIONS, DATASETS
 from lenet_core.errors import ConfigError
-from lenet_core.models import ACTIVATIONS, LENET_VARIANTS, MODELS, POOLINGS
-
-OPTIMIZERS = ("sgd", "adadelta", "adagrad", "rmsprop", "adam", "adamax", "adamw")
-DEVICES = ("cpu", "cuda", "auto")
+from lenet_core.names import (
+    ACTIVATION_NAMES,
+    AUGMENTATIONS,
+    DATASETS,
+    DEVICES,
+    LENET_VARIANTS,
+    MODEL_NAMES,
+    OPTIMIZERS,
+    POOLING_NAMES,
+)
 
 
 def _opt(help_text: str, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -45,15 +50,15 @@ class TrialConfig:
     )
     augment: str = field(default="none", metadata=_opt("Batched augmentation.", AUGMENTATIONS))
     # --- model
-    model: str = field(default="lenet5", metadata=_opt("Model name.", tuple(MODELS)))
+    model: str = field(default="lenet5", metadata=_opt("Model name.", MODEL_NAMES))
     variant: str | None = field(
         default=None, metadata=_opt("LeNet-5 variant (default modern).", tuple(LENET_VARIANTS))
     )
     activation: str | None = field(
-        default=None, metadata=_opt("Activation; default: the variant's.", tuple(ACTIVATIONS))
+        default=None, metadata=_opt("Activation; default: the variant's.", ACTIVATION_NAMES)
     )
     pooling: str | None = field(
-        default=None, metadata=_opt("Pooling; default: the variant's.", tuple(POOLINGS))
+        default=None, metadata=_opt("Pooling; default: the variant's.", POOLING_NAMES)
     )
     # --- optimization
     optimizer: str = field(default="adam", metadata=_opt("Optimizer.", OPTIMIZERS))

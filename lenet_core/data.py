@@ -23,11 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lenet_core.errors import DataError
-
-# Names the user types, mapped to the torchvision class name, which is also the folder name
-# torchvision uses under its root (<root>/MNIST/raw/...).
-TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
-DATASETS = (*TORCHVISION_CLASSES, "digits")
+from lenet_core.names import DATASETS, TORCHVISION_CLASSES
 
 # Where an installed copy may already sit when no --data-dir is given (Debian's package).
 SYSTEM_COPIES = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),)}
@@ -41,7 +37,6 @@ IDX_FILES = {
 IMAGE_SIDE = 28  # pixels; every dataset here is brought to 28x28
 IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST-style files use
 
-AUGMENTATIONS = ("none", "blur", "rotate", "both")
 MAX_ROTATION_DEGREES = 15.0
 BLUR_KERNEL = 5  # pixels, square
 BLUR_SIGMA_RANGE = (0.1, 1.5)  # pixels; sampled once per batch

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenet_core.errors import ConfigError
+from lenet_core.names import LENET_VARIANTS
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -25,12 +26,6 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 POOLINGS: dict[str, Callable[[], nn.Module]] = {
     "max": lambda: nn.MaxPool2d(2),
     "avg": lambda: nn.AvgPool2d(2),
-}
-# LeCun et al. 1998 used tanh-like squashing and average ("subsampling") pooling; the common
-# modern rewrite uses ReLU and max pooling. Activation and pooling override these defaults.
-LENET_VARIANTS = {
-    "classic": {"activation": "tanh", "pooling": "avg"},
-    "modern": {"activation": "relu", "pooling": "max"},
 }
 
 

@@ -308,9 +308,9 @@ class CpuSampler:
 
 def tune_overhead(data: ImageData, settings: BenchSettings) -> dict[str, Any]:
     """A real 2-at-a-time study: overhead per trial, time to first step, CPU use, memory."""
-    from study.raycluster import ClusterOptions
-    from study.space import parse_space
-    from study.tune import TuneSettings, run_study
+    from study.common.cluster import ClusterOptions
+    from study.tune.run import TuneSettings, run_study
+    from study.tune.space import parse_space
 
     space = parse_space(
         {

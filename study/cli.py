@@ -12,11 +12,11 @@ import typer
 from lenet_core.data import load_dataset
 from lenet_core.errors import StudyError
 from lenet_core.train import train_trial
-from study.console import EXIT_INTERRUPTED, console, one_line_errors, print_table, progress_bar
-from study.options import ConfigFileOption, load_config_file, resolve_config, trial_config_flags
-from study.output import default_run_name, prepare_run_dir, write_provenance
-from study.raycluster import ClusterOptions
-from study.trial_files import history_frame, write_trial
+from study.common.cluster import ClusterOptions
+from study.common.console import EXIT_INTERRUPTED, console, one_line_errors, print_table, progress_bar
+from study.common.files import default_run_name, prepare_run_dir, write_provenance
+from study.common.flags import ConfigFileOption, load_config_file, resolve_config, trial_config_flags
+from study.train import history_frame, write_trial
 
 app = typer.Typer(
     name="study",
@@ -186,13 +186,13 @@ def tune(
     from the search. Writes trials.parquet/csv, epochs.parquet, best.json, summary.md and
     figures to OUT/NAME/tune/.
     """
-    from study.space import default_space, load_space
-    from study.tune import (
+    from study.tune.run import (
         StudyInterrupted,
         TuneSettings,
         run_study,
         split_base_and_space,
     )
+    from study.tune.space import default_space, load_space
 
     settings = TuneSettings(trials=trials, seed=overrides.get("seed", 0), scheduler=scheduler)
     if resume and not name:
@@ -265,7 +265,7 @@ def ensemble(
     the same --name reuses the members already trained. Writes comparison, predictions,
     per-class errors and figures to OUT/NAME/ensemble/.
     """
-    from study.ensemble import config_from_best, find_best_json, run_ensemble, top_k_configs
+    from study.ensemble.run import config_from_best, find_best_json, run_ensemble, top_k_configs
 
     if members < 2:
         raise StudyError(f"--members must be >= 2 for a vote, got {members}")
@@ -322,7 +322,7 @@ def bench(
     import pandas as pd
 
     from study.bench import BenchSettings, run_bench
-    from study.output import write_json
+    from study.common.files import write_json
 
     if device not in ("cpu", "cuda"):
         raise StudyError(f"--device must be cpu or cuda, got {device!r}")
@@ -374,7 +374,7 @@ def run(
     TrialConfig flags (e.g. --dataset digits, --data-dir DIR) override the file's [fixed] values.
     Writes tables (parquet + CSV), per-epoch curves, summaries and figures to OUT/NAME/.
     """
-    from study.experiment import execute, load_experiment
+    from study.experiments import execute, load_experiment
 
     experiment = load_experiment(experiment_file)
     if smoke:
@@ -403,6 +403,6 @@ def report(
     Works for tune, ensemble, train and experiment folders; every sentence is computed from the
     numbers in the folder.
     """
-    from study.report import write_report
+    from study.writeup import write_report
 
     console().print(f"-> {write_report(folder)}")

@@ -11,7 +11,7 @@ from lenet_core.config import TrialConfig
 from lenet_core.errors import ConfigError
 from lenet_core.train import trial_split
 from study.cli import app
-from study.ensemble import bagging_indices, load_member, member_specs, save_member, train_member
+from study.ensemble.run import bagging_indices, load_member, member_specs, save_member, train_member
 
 runner = CliRunner()
 FAST = TrialConfig(dataset="digits", epochs=1, threads=1)

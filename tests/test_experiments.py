@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from lenet_core.errors import ConfigError
 from study.cli import app
-from study.experiment import load_experiment, parse_experiment
+from study.experiments import load_experiment, parse_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SWEEPS = {

@@ -92,9 +92,9 @@ def test_output_folder_that_cannot_be_written(tmp_path, command):
 def test_two_hundred_trials_complete_and_driver_memory_stays_flat(tmp_path):
     """Ray has an open report of driver memory growing with trial count: measure ours."""
     from lenet_core.data import load_dataset
-    from study.raycluster import ClusterOptions
-    from study.space import default_space
-    from study.tune import TuneSettings, run_study
+    from study.common.cluster import ClusterOptions
+    from study.tune.run import TuneSettings, run_study
+    from study.tune.space import default_space
 
     samples = {}
 
@@ -128,7 +128,7 @@ def test_two_hundred_trials_complete_and_driver_memory_stays_flat(tmp_path):
 
 
 def test_dashboard_beyond_loopback_gets_a_warning():
-    from study.raycluster import dashboard_warning
+    from study.common.cluster import dashboard_warning
 
     assert dashboard_warning("127.0.0.1") is None
     assert "accepts job submissions" in dashboard_warning("0.0.0.0")
@@ -142,7 +142,7 @@ def test_weights_are_loaded_without_unpickling_code(tmp_path):
     import torch
 
     from lenet_core.errors import StudyError
-    from study.output import load_weights, save_weights
+    from study.common.files import load_weights, save_weights
 
     save_weights({"w": torch.ones(2)}, tmp_path / "ok.pt")
     assert torch.equal(load_weights(tmp_path / "ok.pt")["w"], torch.ones(2))
@@ -152,7 +152,7 @@ def test_weights_are_loaded_without_unpickling_code(tmp_path):
 
 
 def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
-    from study.output import write_json, write_via_temp
+    from study.common.files import write_json, write_via_temp
 
     path = tmp_path / "result.json"
     write_json(path, {"v": 1})

@@ -1,7 +1,7 @@
 import pytest
 
 from lenet_core.errors import ConfigError
-from study.raycluster import plan_resources
+from study.common.cluster import plan_resources
 
 
 @pytest.mark.parametrize(

@@ -320,8 +320,8 @@ def test_rerun_without_resume_does_not_overwrite(small_study):
 
 
 def test_first_trial_is_the_default_config_when_the_space_holds_it():
-    from study.space import default_space, parse_space
-    from study.tune import default_point
+    from study.tune.run import default_point
+    from study.tune.space import default_space, parse_space
 
     base = {"dataset": "digits", "epochs": 1, "seed": 0, "threads": 1, "device": None}
     assert default_point(base, default_space()) == [
@@ -334,9 +334,9 @@ def test_first_trial_is_the_default_config_when_the_space_holds_it():
 
 
 def test_config_file_fills_only_unsearched_fields_and_flags_fix_searched_ones():
-    from study.raycluster import ClusterOptions
-    from study.space import default_space
-    from study.tune import split_base_and_space
+    from study.common.cluster import ClusterOptions
+    from study.tune.run import split_base_and_space
+    from study.tune.space import default_space
 
     best = {
         "dataset": "digits",

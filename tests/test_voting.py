@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from study.voting import (
+from study.ensemble.voting import (
     accuracy_as_members_are_added,
     bootstrap_ci,
     hard_vote,

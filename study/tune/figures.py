@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from study.output import save_figure, write_text
+from study.common.files import save_figure, write_text
 
 GROUP_BY = ("optimizer", "activation", "pooling", "batch_size")
 

@@ -18,7 +18,7 @@ import typer
 
 from lenet_core.config import FIELD_NAMES, TrialConfig, field_types, from_dict
 from lenet_core.errors import ConfigError
-from study.output import read_json, read_toml
+from study.common.files import read_json, read_toml
 
 PANEL = "Trial config (any TrialConfig field)"
 

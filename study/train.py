@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from lenet_core.train import TrialResult
-from study.output import save_weights, write_json, write_table
+from study.common.files import save_weights, write_json, write_table
 
 
 def history_frame(result: TrialResult) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from study.output import save_figure
+from study.common.files import save_figure
 
 DIGITS = list(range(10))
 

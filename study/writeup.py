@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lenet_core.errors import StudyError
-from study.output import read_json, write_text
+from study.common.files import read_json, write_text
 
 SECTIONS = ("sweep", "tune", "ensemble", "train")
 

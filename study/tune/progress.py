@@ -12,7 +12,7 @@ from typing import Any
 from ray.tune import Callback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from study.tune import METRIC
+from study.tune.run import METRIC
 
 
 class TrialProgress(Callback):

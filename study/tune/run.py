@@ -21,9 +21,9 @@ from lenet_core.config import TrialConfig
 from lenet_core.data import ImageData
 from lenet_core.errors import ConfigError, StudyError
 from lenet_core.train import library_versions, train_trial
-from study.output import read_json, write_json
-from study.raycluster import ClusterOptions, ResourcePlan
-from study.space import SearchSpace, trial_config
+from study.common.cluster import ClusterOptions, ResourcePlan
+from study.common.files import read_json, write_json
+from study.tune.space import SearchSpace, trial_config
 
 METRIC = "val_acc"  # what Optuna and ASHA optimize; test accuracy is never used for selection
 MODE = "max"
@@ -396,10 +396,10 @@ def run_study(
     on_trial_done: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     """Run (or resume) a study and write every result file; returns (trials, epochs, folder)."""
-    from study.figures import write_tune_report
-    from study.output import prepare_run_dir, write_provenance, write_table
-    from study.raycluster import ray_session
-    from study.tune_progress import TrialProgress
+    from study.common.cluster import ray_session
+    from study.common.files import prepare_run_dir, write_provenance, write_table
+    from study.tune.figures import write_tune_report
+    from study.tune.progress import TrialProgress
 
     epochs = trial_config({**base, "device": "cpu"}, {}).epochs  # "epochs" is never searched
     identity = study_identity(base, space, settings, data)

@@ -20,7 +20,7 @@ from lenet_core.config import TrialConfig, from_dict
 from lenet_core.data import ImageData, as_tensor, bootstrap_indices
 from lenet_core.errors import ConfigError, StudyError
 from lenet_core.train import load_trial_model, predict_proba, train_trial, trial_split
-from study.output import load_weights, read_json, save_weights, write_json, write_via_temp
+from study.common.files import load_weights, read_json, save_weights, write_json, write_via_temp
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "none")
 MEMBERS_FOLDER = "members"
@@ -223,7 +223,7 @@ def train_all(
     say: Any = print,
 ) -> dict[str, MemberOutput]:
     """Train every spec not already checkpointed in ``folder``, ``plan.concurrent`` at a time."""
-    from study.raycluster import map_on_ray, ray_session
+    from study.common.cluster import map_on_ray, ray_session
 
     outputs: dict[str, MemberOutput] = {}
     with ray_session(cluster) as session:
@@ -272,8 +272,8 @@ def run_ensemble(
     say: Any = print,
 ) -> dict[str, Any]:
     """Train (or reuse) the members and the baseline, vote, and write every table and figure."""
-    from study.ensemble_report import analyze
-    from study.output import prepare_run_dir, write_provenance
+    from study.common.files import prepare_run_dir, write_provenance
+    from study.ensemble.analysis import analyze
 
     specs = member_specs(configs, members, seed=base.seed)
     baseline = resnet_spec(base, resnet, seed=base.seed)

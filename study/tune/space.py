@@ -66,7 +66,7 @@ def default_space() -> SearchSpace:
 
 
 def load_space(path: Path) -> SearchSpace:
-    from study.output import read_toml
+    from study.common.files import read_toml
 
     raw = read_toml(path, what="space file")
     if "kind" in raw:  # a tune experiment file: its [space] and [fixed] are a space file

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from study.experiment import label_of
-from study.output import save_figure
+from study.common.files import save_figure
+from study.sweep.tables import label_of
 
 LOG_METRICS = {"train_loss", "val_loss"}
 TITLES = {

@@ -11,9 +11,9 @@ import torch
 
 from lenet_core.data import ImageData, as_tensor, normalize_, to_unit_float
 from lenet_core.train import load_trial_model
-from study.ensemble import MemberOutput
-from study.output import write_json, write_table
-from study.voting import (
+from study.common.files import write_json, write_table
+from study.ensemble.run import MemberOutput
+from study.ensemble.voting import (
     accuracy,
     accuracy_as_members_are_added,
     bootstrap_ci,
@@ -223,7 +223,7 @@ def write_figures(
     per_class: pd.DataFrame,
     diversity: dict[str, Any],
 ) -> None:
-    from study import ensemble_figures as figs
+    from study.ensemble import figures as figs
 
     labels = data.test_labels
     figs.confusion_matrices(

@@ -20,13 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from lenet_core.config import FIELD_NAMES, TrialConfig, from_dict
 from lenet_core.data import ImageData
 from lenet_core.errors import ConfigError
-from lenet_core.train import train_trial
 
 KINDS = ("sweep", "data-fraction", "tune", "ensemble")
 CURVES = ("train_loss", "val_loss", "val_acc", "train_acc", "test_error", "test_acc")
@@ -105,7 +101,7 @@ class Experiment:
 
 
 def load_experiment(path: Path) -> Experiment:
-    from study.output import read_toml
+    from study.common.files import read_toml
 
     raw = read_toml(path, what="experiment file")
     return parse_experiment(raw, name=path.stem)
@@ -140,7 +136,7 @@ def parse_experiment(raw: dict[str, Any], *, name: str) -> Experiment:
     ):
         raise ConfigError(f"{where}: fractions must be a non-empty list of numbers in (0, 1]")
     if kind == "tune":
-        from study.space import parse_space
+        from study.tune.space import parse_space
 
         parse_space({"space": experiment.space, "fixed": experiment.fixed}, source=where)
     experiment.check()
@@ -168,97 +164,6 @@ def _check_types(values: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: {key} must be >= 1, got {value}")
 
 
-# ------------------------------------------------------------------ running sweeps
-
-
-def run_one(config: TrialConfig, data: ImageData) -> dict[str, Any]:
-    """One sweep run in a Ray task: its summary and per-epoch history, no weights."""
-    result = train_trial(config, data)
-    return {"summary": result.summary(), "history": result.history}
-
-
-def run_sweep(
-    experiment: Experiment, *, data: ImageData, cluster: Any, folder: Path, say: Any = print
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every run of a sweep or data-fraction experiment through Ray: (runs, epochs) tables."""
-    from study.raycluster import map_on_ray, ray_session
-
-    configs = experiment.configs()
-    swept = experiment.swept_fields()
-    runs: list[dict[str, Any]] = []
-    curves: list[pd.DataFrame] = []
-    with ray_session(cluster) as session:
-        plan = session.plan
-        placed = [c.replace(threads=plan.cpus_per_trial) for c in configs]
-        say(
-            f"Ray dashboard: {session.dashboard_url or 'not available'}; {len(placed)} runs, "
-            f"{plan.concurrent} at a time -> {folder}"
-        )
-
-        def keep(config: TrialConfig, output: dict[str, Any]) -> str:
-            summary = output["summary"]
-            run_id = placed.index(config)  # grid order, whatever order the runs finish in
-            runs.append(
-                {
-                    "run": run_id,
-                    **{k: getattr(config, k) for k in swept},
-                    "seed": config.seed,
-                    "status": summary["status"],
-                    "epochs_run": summary["epochs_run"],
-                    "final_train_loss": output["history"][-1]["train_loss"],
-                    "val_acc": summary["val_acc"],
-                    "test_acc": summary["test_acc"],
-                    "test_error": 1 - summary["test_acc"],
-                    "train_error": 1 - output["history"][-1]["train_acc"],
-                    "train_images": _train_images(config, data),
-                    "seconds": summary["seconds"],
-                    "images_per_s": summary["images_per_s"],
-                    "data_checksum": summary["data_checksum"],
-                    "config": summary["config"],
-                }
-            )
-            curve = pd.DataFrame(output["history"])
-            curve.insert(0, "run", run_id)
-            curves.append(curve)
-            return f"run {run_id} test acc {summary['test_acc']:.4f}"
-
-        map_on_ray(
-            run_one, placed, data=data, plan=plan, label="runs", name=lambda c: f"run {c}", on_result=keep
-        )
-    table = pd.DataFrame(runs).sort_values("run").reset_index(drop=True)
-    table["config"] = table["config"].map(lambda c: str(c))
-    epochs = pd.concat(curves, ignore_index=True).sort_values(["run", "epoch"], ignore_index=True)
-    epochs["test_error"] = 1 - epochs["test_acc"]
-    return table, epochs
-
-
-def _train_images(config: TrialConfig, data: ImageData) -> int:
-    from lenet_core.train import trial_split
-
-    return len(trial_split(data, config)[0])
-
-
-def summarize(runs: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-    """Mean and standard deviation over seeds for every grid point."""
-    metrics = ["test_error", "val_acc", "final_train_loss", "seconds"]
-    grouped = runs.groupby(swept, dropna=False, sort=False)
-    table = grouped[metrics].agg(["mean", "std"])
-    table.columns = [f"{m}_{s}" for m, s in table.columns]
-    table["runs"] = grouped.size()
-    table["diverged"] = grouped["status"].agg(lambda s: int((s == "diverged").sum()))
-    return table.reset_index()
-
-
-def label_of(row: Any, swept: list[str]) -> str:
-    return ", ".join(f"{k}={_fmt(getattr(row, k) if hasattr(row, k) else row[k])}" for k in swept)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float | np.floating):
-        return f"{value:g}"
-    return str(value)
-
-
 def execute(
     experiment: Experiment,
     *,
@@ -269,13 +174,13 @@ def execute(
     say: Any = print,
 ) -> Path:
     """Run an experiment of any kind; write its tables, figures and ``run.json``."""
-    from study.output import prepare_run_dir, write_provenance, write_table
+    from study.common.files import prepare_run_dir, write_provenance
 
     root = out / name
     if experiment.kind == "tune":
         _run_tune(experiment, data=data, cluster=cluster, out=out, name=name, say=say)
     elif experiment.kind == "ensemble":
-        from study.ensemble import run_ensemble
+        from study.ensemble.run import run_ensemble
 
         base = experiment.base_config()
         run_ensemble(
@@ -290,14 +195,11 @@ def execute(
             say=say,
         )
     else:
-        folder = prepare_run_dir(out, name, ".")
-        runs, epochs = run_sweep(experiment, data=data, cluster=cluster, folder=folder, say=say)
-        swept = experiment.swept_fields()
-        write_table(runs, folder / "runs")
-        write_table(epochs, folder / "epochs", csv=False)
-        summary = summarize(runs, swept)
-        write_table(summary, folder / "summary", markdown=True)
-        write_sweep_figures(experiment, runs, epochs, summary, folder)
+        from study.sweep.run import run_sweep_experiment
+
+        run_sweep_experiment(
+            experiment, data=data, cluster=cluster, folder=prepare_run_dir(out, name, "."), say=say
+        )
     write_provenance(
         root,
         data=data,
@@ -314,8 +216,8 @@ def execute(
 def _run_tune(
     experiment: Experiment, *, data: ImageData, cluster: Any, out: Path, name: str, say: Any
 ) -> None:
-    from study.space import parse_space
-    from study.tune import StudyInterrupted, TuneSettings, run_study, split_base_and_space
+    from study.tune.run import StudyInterrupted, TuneSettings, run_study, split_base_and_space
+    from study.tune.space import parse_space
 
     space = parse_space({"space": experiment.space, "fixed": {}}, source=f"{experiment.name}.toml")
     base, space = split_base_and_space(space, {}, experiment.fixed, seed=0, cluster=cluster)
@@ -333,19 +235,3 @@ def _run_tune(
         )
     except StudyInterrupted as exc:
         raise ConfigError(f"the tune experiment stopped early: {exc}") from exc
-
-
-def write_sweep_figures(
-    experiment: Experiment, runs: pd.DataFrame, epochs: pd.DataFrame, summary: pd.DataFrame, folder: Path
-) -> None:
-    from study import experiment_figures as figs
-
-    swept = experiment.swept_fields()
-    title = experiment.description or experiment.name
-    if experiment.kind == "data-fraction":
-        figs.fraction_plot(runs, folder / "error_vs_training_examples.png", title=title)
-    else:
-        figs.curves(
-            runs, epochs, swept, experiment.curve, folder / f"{experiment.curve}_per_epoch.png", title=title
-        )
-    figs.error_bars(summary, swept, folder / "test_error.png", title=f"Test error: {title}")

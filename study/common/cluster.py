@@ -253,7 +253,7 @@ def map_on_ray(
     """
     import ray
 
-    from study.console import progress_bar
+    from study.common.console import progress_bar
 
     if not items:
         return

@@ -1,0 +1,26 @@
+"""The names a user can type, without importing torch.
+
+``TrialConfig`` (and so every ``study --help``) needs the choices of each field; the tables that
+build the things named here live beside their code (``models.MODELS``, ``models.ACTIVATIONS``,
+``models.POOLINGS``, ``data.augment_batch``) and a test checks that both sides list the same names.
+"""
+
+from __future__ import annotations
+
+# Names the user types, mapped to the torchvision class name, which is also the folder name
+# torchvision uses under its root (<root>/MNIST/raw/...).
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+DATASETS = (*TORCHVISION_CLASSES, "digits")
+AUGMENTATIONS = ("none", "blur", "rotate", "both")
+
+MODEL_NAMES = ("lenet5", "resnet18", "resnet34", "resnet50")
+ACTIVATION_NAMES = ("relu", "tanh", "sigmoid", "gelu", "elu", "leaky_relu")
+POOLING_NAMES = ("max", "avg")
+# LeCun et al. 1998 used tanh-like squashing and average ("subsampling") pooling; the common
+# modern rewrite uses ReLU and max pooling. Activation and pooling override these defaults.
+LENET_VARIANTS = {
+    "classic": {"activation": "tanh", "pooling": "avg"},
+    "modern": {"activation": "relu", "pooling": "max"},
+}
+OPTIMIZERS = ("sgd", "adadelta", "adagrad", "rmsprop", "adam", "adamax", "adamw")
+DEVICES = ("cpu", "cuda", "auto")
