@@ -11,7 +11,7 @@ from __future__ import annotations
 # torchvision uses under its root (<root>/MNIST/raw/...).
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 DATASETS = (*TORCHVISION_CLASSES, "digits")
-AUGMENTATIONS = ("none", "blur", "rotate", "both")
+AUGMENTATIONS = ("none", "blur", "rotate", "both", "flip")  # flip suits clothes, not digits
 
 MODEL_NAMES = ("lenet5", "resnet18", "resnet34", "resnet50")
 ACTIVATION_NAMES = ("relu", "tanh", "sigmoid", "gelu", "elu", "leaky_relu")
