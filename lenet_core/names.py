@@ -14,12 +14,13 @@ DATASETS = (*TORCHVISION_CLASSES, "digits")
 AUGMENTATIONS = ("none", "blur", "rotate", "both", "flip")  # flip suits clothes, not digits
 
 MODEL_NAMES = ("lenet5", "resnet18", "resnet34", "resnet50")
-ACTIVATION_NAMES = ("relu", "tanh", "sigmoid", "gelu", "elu", "leaky_relu")
-POOLING_NAMES = ("max", "avg")
-# LeCun et al. 1998 used tanh-like squashing and average ("subsampling") pooling; the common
-# modern rewrite uses ReLU and max pooling. Activation and pooling override these defaults.
+ACTIVATION_NAMES = ("relu", "tanh", "sigmoid", "gelu", "elu", "leaky_relu", "scaled_tanh")
+POOLING_NAMES = ("max", "avg", "subsample")
+# LeCun et al. 1998 squashed with 1.7159 tanh(2x/3) and subsampled with a trainable coefficient and
+# bias per map; the common modern rewrite uses ReLU and max pooling. Activation and pooling
+# override these defaults (the skeleton, e.g. classic's partial C3 table, stays).
 LENET_VARIANTS = {
-    "classic": {"activation": "tanh", "pooling": "avg"},
+    "classic": {"activation": "scaled_tanh", "pooling": "subsample"},
     "modern": {"activation": "relu", "pooling": "max"},
 }
 OPTIMIZERS = ("sgd", "adadelta", "adagrad", "rmsprop", "adam", "adamax", "adamw")
