@@ -321,14 +321,14 @@ def tune_overhead(data: ImageData, settings: BenchSettings) -> dict[str, Any]:
         },
         source="bench space",
     )
-    base = {
-        "dataset": data.name,
-        "epochs": 1,
-        "train_fraction": 0.25 if settings.quick else 0.5,
-        "threads": 1,
-        "seed": 0,
-        "device": settings.device if settings.device != "cpu" else None,
-    }
+    base = TrialConfig(
+        dataset=data.name,
+        epochs=1,
+        train_fraction=0.25 if settings.quick else 0.5,
+        threads=1,
+        seed=0,
+        device=settings.device,
+    )
     cluster = ClusterOptions(
         cpus_per_trial=1,
         max_concurrent=2,
@@ -340,7 +340,7 @@ def tune_overhead(data: ImageData, settings: BenchSettings) -> dict[str, Any]:
         trials, epochs, _ = run_study(
             base=base,
             space=space,
-            settings=TuneSettings(trials=settings.study_trials, seed=0, scheduler="none"),
+            settings=TuneSettings(trials=settings.study_trials, scheduler="none"),
             cluster=cluster,
             data=data,
             out=Path(tmp),

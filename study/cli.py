@@ -9,14 +9,11 @@ from typing import Annotated, Any
 
 import typer
 
-from lenet_core.data import load_dataset
 from lenet_core.errors import StudyError
-from lenet_core.train import train_trial
 from study.common.cluster import ClusterOptions
-from study.common.console import EXIT_INTERRUPTED, console, one_line_errors, print_table, progress_bar
-from study.common.files import default_run_name, prepare_run_dir, write_provenance
+from study.common.console import console, one_line_errors
+from study.common.files import default_run_name, prepare_run_dir
 from study.common.flags import ConfigFileOption, load_config_file, resolve_config, trial_config_flags
-from study.train import history_frame, write_trial
 
 app = typer.Typer(
     name="study",
@@ -30,6 +27,14 @@ OutOption = Annotated[Path, typer.Option("--out", help="Results root; files go t
 NameOption = Annotated[
     str | None,
     typer.Option("--name", help="Run name (folder under --out). Default: <command>-<dataset>-<time>."),
+]
+
+ResumeOption = Annotated[
+    bool,
+    typer.Option(help="Continue the run --name after an interrupt or crash; finished work is kept."),
+]
+OverwriteOption = Annotated[
+    bool, typer.Option(help="Replace the results already in OUT/NAME for this command (they are deleted).")
 ]
 
 # Where trials run: the same flags and meaning for `study tune` and `study ensemble`.
@@ -122,34 +127,17 @@ def train(
     config_file: ConfigFileOption = None,
     out: OutOption = Path("results"),
     name: NameOption = None,
+    overwrite: OverwriteOption = False,
     overrides: dict[str, Any],
 ) -> None:
     """Train one model and write its history, metrics and weights.
 
     Example: study train --dataset digits --epochs 3
     """
+    from study.train import run_train
+
     config = resolve_config(config_file, overrides)
-    data = load_dataset(config.dataset, data_dir=config.data_dir)
-    folder = prepare_run_dir(out, name or default_run_name("train", config.dataset), "train")
-    out_console = console()
-    out_console.print(
-        f"training {config.model} ({config.variant or ''}) on {data.name}: "
-        f"{len(data.train_images)} train / {len(data.test_images)} test images, "
-        f"sha256 {data.checksum[:12]}"
-    )
-    with progress_bar("epochs", config.epochs) as advance:
-        result = train_trial(
-            config,
-            data,
-            report=lambda row: advance(f"val acc {row['val_acc']:.4f}  loss {row['train_loss']:.4f}"),
-        )
-    write_trial(result, folder)
-    write_provenance(folder, data=data, extra={"kind": "train"})
-    print_table(history_frame(result).drop(columns=["status"]), "history")
-    out_console.print(
-        f"{result.status}: test accuracy {result.test_acc:.4f} (val {result.val_acc:.4f}), "
-        f"{result.seconds:.1f} s, {result.images_per_s:,.0f} images/s -> {folder}"
-    )
+    run_train(config, out=out, name=name or default_run_name("train", config.dataset), overwrite=overwrite)
 
 
 def main() -> None:
@@ -170,10 +158,8 @@ def tune(
     scheduler: Annotated[
         str, typer.Option(help="Early stopping: asha (grace period 1 epoch) or none.")
     ] = "asha",
-    resume: Annotated[
-        bool,
-        typer.Option(help="Continue the study --name after an interrupt or crash; finished trials are kept."),
-    ] = False,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
     config_file: ConfigFileOption = None,
     out: OutOption = Path("results"),
     name: NameOption = None,
@@ -186,44 +172,36 @@ def tune(
     from the search. Writes trials.parquet/csv, epochs.parquet, best.json, summary.md and
     figures to OUT/NAME/tune/.
     """
-    from study.tune.run import (
-        StudyInterrupted,
-        TuneSettings,
-        run_study,
-        split_base_and_space,
-    )
-    from study.tune.space import default_space, load_space
+    from lenet_core.data import load_dataset
+    from study.common.console import print_table
+    from study.tune.run import TuneSettings, run_study
+    from study.tune.space import default_space, load_space, split_base_and_space
+    from study.tune.tables import status_counts
 
-    settings = TuneSettings(trials=trials, seed=overrides.get("seed", 0), scheduler=scheduler)
+    settings = TuneSettings(trials=trials, scheduler=scheduler)
     if resume and not name:
         raise StudyError("--resume needs the --name of the study to continue")
     space = load_space(space_file) if space_file else default_space()
     file_values = load_config_file(config_file) if config_file else {}
-    base, space = split_base_and_space(space, file_values, overrides, seed=settings.seed, cluster=cluster)
-    data = load_dataset(base.get("dataset", "mnist"), data_dir=base.get("data_dir"))
-    base.setdefault("dataset", data.name)
-    run_name = name or default_run_name("tune", data.name)
+    base, space = split_base_and_space(space, file_values, overrides)
+    data = load_dataset(base.dataset, data_dir=base.data_dir)
     say = console().print
-    try:
-        trials_frame, _, folder = run_study(
-            base=base,
-            space=space,
-            settings=settings,
-            cluster=cluster,
-            data=data,
-            out=out,
-            name=run_name,
-            resume=resume,
-            say=say,
-        )
-    except StudyInterrupted as exc:
-        say(f"interrupted: {exc}")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    counts = trials_frame["status"].value_counts().to_dict()
-    say("statuses: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    top = trials_frame.sort_values("final_val_acc", ascending=False).head(5)
-    shown = [c for c in ["trial", *space.params, "status", "final_val_acc", "test_acc"] if c in top]
-    print_table(top[shown], "top trials by validation accuracy")
+    trials_frame, _, folder = run_study(
+        base=base,
+        space=space,
+        settings=settings,
+        cluster=cluster,
+        data=data,
+        out=out,
+        name=name or default_run_name("tune", data.name),
+        resume=resume,
+        overwrite=overwrite,
+        say=say,
+    )
+    say(f"statuses: {status_counts(trials_frame)}")
+    top = trials_frame.sort_values("best_val_acc", ascending=False).head(5)
+    shown = [c for c in ["trial", *space.params, "status", "best_val_acc", "test_acc"] if c in top]
+    print_table(top[shown], "top trials by best validation accuracy (test accuracy: — for pruned)")
     say(f"results -> {folder}")
 
 
@@ -253,6 +231,8 @@ def ensemble(
             help="ResNet baseline on the full training split: resnet18, resnet34, resnet50 or none.",
         ),
     ] = "resnet18",
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
     config_file: ConfigFileOption = None,
     out: OutOption = Path("results"),
     name: NameOption = None,
@@ -262,9 +242,10 @@ def ensemble(
     """Bagged LeNet-5 members against a ResNet: hard and soft vote, significance, error analysis.
 
     Members use the best tuned config (--from or --config), or the flags' config. A re-run with
-    the same --name reuses the members already trained. Writes comparison, predictions,
+    the same --name and --resume reuses the members already trained. Writes comparison, predictions,
     per-class errors and figures to OUT/NAME/ensemble/.
     """
+    from lenet_core.data import load_dataset
     from study.ensemble.run import config_from_best, find_best_json, run_ensemble, top_k_configs
 
     if members < 2:
@@ -292,7 +273,8 @@ def ensemble(
         cluster=cluster,
         out=out,
         name=name or default_run_name("ensemble", data.name),
-        device_forced="device" in overrides,
+        resume=resume,
+        overwrite=overwrite,
         say=console().print,
     )
 
@@ -322,6 +304,7 @@ def bench(
     import pandas as pd
 
     from study.bench import BenchSettings, run_bench
+    from study.common.console import print_table
     from study.common.files import write_json
 
     if device not in ("cpu", "cuda"):
@@ -366,6 +349,8 @@ def run(
             show_default=False,
         ),
     ] = None,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
     cluster: ClusterOptions,
     overrides: dict[str, Any],
 ) -> None:
@@ -374,6 +359,7 @@ def run(
     TrialConfig flags (e.g. --dataset digits, --data-dir DIR) override the file's [fixed] values.
     Writes tables (parquet + CSV), per-epoch curves, summaries and figures to OUT/NAME/.
     """
+    from lenet_core.data import load_dataset
     from study.experiments import execute, load_experiment
 
     experiment = load_experiment(experiment_file)
@@ -388,6 +374,8 @@ def run(
         cluster=cluster,
         out=out,
         name=name or experiment.name,
+        resume=resume,
+        overwrite=overwrite,
         say=console().print,
     )
     console().print(f"results -> {root}  (write it up with: study report {root})")

@@ -171,35 +171,25 @@ def execute(
     cluster: Any,
     out: Path,
     name: str,
+    resume: bool = False,
+    overwrite: bool = False,
     say: Any = print,
 ) -> Path:
-    """Run an experiment of any kind; write its tables, figures and ``run.json``."""
-    from study.common.files import prepare_run_dir, write_provenance
+    """Run an experiment of any kind through its stage; write its tables, figures and ``run.json``."""
+    from study.common.files import write_provenance
 
+    stage = {"tune": _run_tune, "ensemble": _run_ensemble}.get(experiment.kind, _run_sweep)
+    stage(
+        experiment,
+        data=data,
+        cluster=cluster,
+        out=out,
+        name=name,
+        resume=resume,
+        overwrite=overwrite,
+        say=say,
+    )
     root = out / name
-    if experiment.kind == "tune":
-        _run_tune(experiment, data=data, cluster=cluster, out=out, name=name, say=say)
-    elif experiment.kind == "ensemble":
-        from study.ensemble.run import run_ensemble
-
-        base = experiment.base_config()
-        run_ensemble(
-            [base],
-            base=base,
-            members=experiment.members,
-            resnet=experiment.resnet,
-            data=data,
-            cluster=cluster,
-            out=out,
-            name=name,
-            say=say,
-        )
-    else:
-        from study.sweep.run import run_sweep_experiment
-
-        run_sweep_experiment(
-            experiment, data=data, cluster=cluster, folder=prepare_run_dir(out, name, "."), say=say
-        )
     write_provenance(
         root,
         data=data,
@@ -213,25 +203,23 @@ def execute(
     return root
 
 
-def _run_tune(
-    experiment: Experiment, *, data: ImageData, cluster: Any, out: Path, name: str, say: Any
-) -> None:
-    from study.tune.run import StudyInterrupted, TuneSettings, run_study, split_base_and_space
-    from study.tune.space import parse_space
+def _run_tune(experiment: Experiment, *, data: ImageData, **run: Any) -> None:
+    from study.tune.run import TuneSettings, run_study
+    from study.tune.space import parse_space, split_base_and_space
 
     space = parse_space({"space": experiment.space, "fixed": {}}, source=f"{experiment.name}.toml")
-    base, space = split_base_and_space(space, {}, experiment.fixed, seed=0, cluster=cluster)
-    try:
-        run_study(
-            base=base,
-            space=space,
-            settings=TuneSettings(trials=experiment.trials, seed=0),
-            cluster=cluster,
-            data=data,
-            out=out,
-            name=name,
-            resume=False,
-            say=say,
-        )
-    except StudyInterrupted as exc:
-        raise ConfigError(f"the tune experiment stopped early: {exc}") from exc
+    base, space = split_base_and_space(space, {}, experiment.fixed)
+    run_study(base=base, space=space, settings=TuneSettings(trials=experiment.trials), data=data, **run)
+
+
+def _run_ensemble(experiment: Experiment, *, data: ImageData, **run: Any) -> None:
+    from study.ensemble.run import run_ensemble
+
+    base = experiment.base_config()
+    run_ensemble([base], base=base, members=experiment.members, resnet=experiment.resnet, data=data, **run)
+
+
+def _run_sweep(experiment: Experiment, *, data: ImageData, **run: Any) -> None:
+    from study.sweep.run import run_sweep_experiment
+
+    run_sweep_experiment(experiment, data=data, **run)

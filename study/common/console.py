@@ -6,18 +6,36 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from lenet_core.errors import StudyError
 
+if TYPE_CHECKING:  # pandas costs import time; only tables need it
+    import pandas as pd
+
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+class StudyInterrupted(Exception):
+    """A run stopped before all its work finished (Ctrl-C, or trials left unfinished).
+
+    What finished is already written; the same command with ``--resume`` continues it.
+    """
+
+
+def resume_hint(argv: list[str] | None = None) -> str:
+    """The command line that continues this run: the same one, with --resume."""
+    import shlex
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    args = [a for a in args if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return "study " + " ".join(shlex.quote(a) for a in args)
 
 
 def console() -> Console:
@@ -34,7 +52,7 @@ def fail(message: str) -> typer.Exit:
 
 
 def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn bad input into one line and exit code 2; Ctrl-C into exit 130 with a hint."""
+    """Turn bad input into one line and exit code 2; Ctrl-C into exit 130 with the resume hint."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -42,8 +60,13 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except StudyError as exc:
             raise fail(str(exc)) from None
-        except KeyboardInterrupt:
-            print("interrupted; files already written are complete", file=sys.stderr)
+        except (KeyboardInterrupt, StudyInterrupted) as exc:
+            why = f" ({exc})" if str(exc) else ""
+            print(
+                f"interrupted{why}; files already written are complete; continue with: {resume_hint()}",
+                file=sys.stderr,
+                flush=True,
+            )
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
@@ -52,6 +75,8 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
     """A rich progress bar; yields ``advance(text=...)``. Plain log lines when not a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -70,9 +95,18 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
 
 
 def print_table(frame: pd.DataFrame, title: str, *, float_format: str = "{:.4f}") -> None:
+    from rich.table import Table
+
     table = Table(title=title, show_lines=False)
     for column in frame.columns:
         table.add_column(str(column), justify="right")
     for row in frame.itertuples(index=False):
-        table.add_row(*(float_format.format(v) if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(_cell(v, float_format) for v in row))
     console().print(table)
+
+
+def _cell(value: Any, float_format: str) -> str:
+    """A table cell; a missing number (a pruned trial's test accuracy) shows as a dash."""
+    if isinstance(value, float):
+        return "—" if value != value else float_format.format(value)  # NaN != NaN
+    return str(value)

@@ -14,22 +14,30 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
-
-import pandas as pd
+from typing import IO, TYPE_CHECKING, Any
 
 from lenet_core.errors import ConfigError, StudyError
+
+if TYPE_CHECKING:  # pandas costs import time; only table writers need it
+    import pandas as pd
 
 
 def default_run_name(command: str, dataset: str) -> str:
     return f"{command}-{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def prepare_run_dir(out: Path, name: str, command: str) -> Path:
-    """``out/name/command``, created; a one-line error if it cannot be written."""
+LOCK_FILE = ".lock"
+
+
+def check_run_name(name: str) -> None:
     if not name or "/" in name or name in (".", ".."):
         raise StudyError(f"--name {name!r} must be a plain folder name")
-    folder = out / name / command
+
+
+def prepare_run_dir(out: Path, name: str, stage: str) -> Path:
+    """``out/name/stage``, created; a one-line error if it cannot be written."""
+    check_run_name(name)
+    folder = out / name / stage
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True)
@@ -37,6 +45,53 @@ def prepare_run_dir(out: Path, name: str, command: str) -> Path:
     except OSError as exc:
         raise StudyError(f"output folder {folder} is not writable ({exc.strerror or exc})") from exc
     return folder
+
+
+def holds_results(folder: Path) -> bool:
+    """Whether a run already wrote anything here (hidden files, such as the lock, do not count)."""
+    return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+
+
+@contextmanager
+def run_folder(
+    out: Path, name: str, stage: str, *, resume: bool = False, overwrite: bool = False
+) -> Iterator[Path]:
+    """The stage folder ``out/name/stage``, held under a lock for the whole run.
+
+    A folder that already holds results is refused unless the command was given ``--resume``
+    (continue it: what is there is reused) or ``--overwrite`` (start again: it is emptied).
+    A second run of the same name while this one holds the lock exits with one line.
+    """
+    import fcntl
+    import shutil
+
+    if resume and overwrite:
+        raise StudyError("give --resume or --overwrite, not both")
+    folder = prepare_run_dir(out, name, stage)
+    lock = (folder / LOCK_FILE).open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StudyError(
+            f"another run is writing {folder} right now; wait for it or choose another --name"
+        ) from None
+    try:
+        if holds_results(folder) and not resume:
+            if not overwrite:
+                raise StudyError(
+                    f"{folder} already holds results; pass --resume to continue that run, "
+                    f"--overwrite to replace it, or choose another --name"
+                )
+            for entry in folder.iterdir():
+                if entry.name != LOCK_FILE:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield folder
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from lenet_core.data import ImageData, as_tensor, bootstrap_indices
 from lenet_core.errors import ConfigError, StudyError
 from lenet_core.train import load_trial_model, predict_proba, train_trial, trial_split
 from study.common.files import load_weights, read_json, save_weights, write_json, write_via_temp
+from study.common.placement import without_placement
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "none")
 MEMBERS_FOLDER = "members"
@@ -35,7 +36,9 @@ class MemberSpec:
     bootstrap_seed: int | None  # None: the whole training split (the ResNet baseline)
 
     def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "config": self.config.to_dict(), "bootstrap_seed": self.bootstrap_seed}
+        """What decides the trained model; where it ran (device, threads) does not count."""
+        config = without_placement(self.config.to_dict())
+        return {"name": self.name, "config": config, "bootstrap_seed": self.bootstrap_seed}
 
 
 @dataclass
@@ -115,8 +118,13 @@ def save_member(output: MemberOutput, folder: Path) -> None:
     write_json(member_dir / "result.json", {**output.summary, "member": output.spec.identity()})
 
 
+class UnreadableCheckpoint(Exception):
+    """A member's checkpoint exists but cannot be read back; the caller says so and retrains."""
+
+
 def load_member(spec: MemberSpec, folder: Path) -> MemberOutput | None:
-    """A finished member from an earlier run with the very same spec, else None."""
+    """A finished member from an earlier run with the very same spec; None if there is none or
+    it was trained from another spec. Raises ``UnreadableCheckpoint`` when it is damaged."""
     member_dir = folder / MEMBERS_FOLDER / spec.name
     result_path = member_dir / "result.json"
     if not result_path.is_file():
@@ -128,8 +136,8 @@ def load_member(spec: MemberSpec, folder: Path) -> MemberOutput | None:
         with np.load(member_dir / "predictions.npz", allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in ("test_proba", "oob_idx", "oob_proba")}
         state_dict = load_weights(member_dir / "model.pt")
-    except (OSError, ValueError, KeyError, StudyError):
-        return None  # damaged or partial: train it again
+    except (OSError, ValueError, KeyError, StudyError) as exc:
+        raise UnreadableCheckpoint(f"{member_dir}: {type(exc).__name__}: {exc}") from exc
     summary.pop("member")
     return MemberOutput(spec=spec, summary=summary, state_dict=state_dict, **arrays)
 
@@ -148,10 +156,11 @@ def find_best_json(from_dir: Path) -> Path:
 
 
 def config_from_best(path: Path) -> dict[str, Any]:
+    """The tuned config of a best.json, less where it ran: members run where Ray places them."""
     payload = read_json(path, what="best.json")
     if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
         raise StudyError(f"{path}: missing the 'config' entry of a best.json")
-    return payload["config"]
+    return without_placement(payload["config"])
 
 
 def top_k_configs(best_path: Path, k: int, overrides: dict[str, Any]) -> list[TrialConfig]:
@@ -163,7 +172,7 @@ def top_k_configs(best_path: Path, k: int, overrides: dict[str, Any]) -> list[Tr
     done = trials[trials["status"] == "completed"].sort_values("final_val_acc", ascending=False)
     configs: list[TrialConfig] = []
     for raw in done["config"]:
-        config = from_dict({**json.loads(raw), **overrides}, source=str(trials_path))
+        config = from_dict({**without_placement(json.loads(raw)), **overrides}, source=str(trials_path))
         if config not in configs:
             configs.append(config)
         if len(configs) == k:
@@ -200,17 +209,32 @@ def resnet_spec(base: TrialConfig, resnet: str, seed: int) -> MemberSpec | None:
 
 
 def _train_member_task(spec: MemberSpec, data: ImageData) -> MemberOutput:
-    return train_member(spec, data)
+    """In a Ray worker: place the member on what Ray granted, then train it."""
+    from study.common.placement import place
+
+    config, placement = place(spec.config)
+    output = train_member(replace(spec, config=config), data)
+    output.summary.update(placement.as_columns())
+    return output
 
 
-def placed(spec: MemberSpec, plan: Any, device_forced: bool) -> MemberSpec:
-    """Give the member the threads and device its Ray resources provide."""
-    changes: dict[str, Any] = {"threads": plan.cpus_per_trial}
-    if not device_forced:
-        changes["device"] = "cuda" if plan.gpus_per_trial > 0 else "cpu"
-    return MemberSpec(
-        name=spec.name, config=spec.config.replace(**changes), bootstrap_seed=spec.bootstrap_seed
-    )
+def reuse_checkpoints(
+    specs: list[MemberSpec], folder: Path, say: Any
+) -> tuple[dict[str, MemberOutput], list[MemberSpec]]:
+    """(members read back from ``folder``, members still to train); damaged ones are named."""
+    outputs: dict[str, MemberOutput] = {}
+    todo = []
+    for spec in specs:
+        try:
+            loaded = load_member(spec, folder)
+        except UnreadableCheckpoint as exc:
+            say(f"warning: {spec.name}'s checkpoint cannot be read ({exc}); training it again")
+            loaded = None
+        if loaded is None:
+            todo.append(spec)
+        else:
+            outputs[spec.name] = loaded
+    return outputs, todo
 
 
 def train_all(
@@ -219,22 +243,14 @@ def train_all(
     data: ImageData,
     cluster: Any,
     folder: Path,
-    device_forced: bool,
     say: Any = print,
 ) -> dict[str, MemberOutput]:
     """Train every spec not already checkpointed in ``folder``, ``plan.concurrent`` at a time."""
     from study.common.cluster import map_on_ray, ray_session
 
-    outputs: dict[str, MemberOutput] = {}
+    outputs, todo = reuse_checkpoints(specs, folder, say)
     with ray_session(cluster) as session:
         plan = session.plan
-        todo = []
-        for spec in (placed(s, plan, device_forced) for s in specs):
-            loaded = load_member(spec, folder)
-            if loaded is not None:
-                outputs[spec.name] = loaded
-            else:
-                todo.append(spec)
         say(
             f"Ray dashboard: {session.dashboard_url or 'not available'}; {len(todo)} models to "
             f"train, {len(outputs)} reused from {folder / MEMBERS_FOLDER}, {plan.concurrent} at a time"
@@ -268,23 +284,38 @@ def run_ensemble(
     cluster: Any,
     out: Path,
     name: str,
-    device_forced: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
     say: Any = print,
 ) -> dict[str, Any]:
-    """Train (or reuse) the members and the baseline, vote, and write every table and figure."""
-    from study.common.files import prepare_run_dir, write_provenance
+    """Train (or, with ``resume``, reuse) the members and the baseline, vote, and write every
+    table and figure to OUT/NAME/ensemble/."""
+    from study.common.files import run_folder
+
+    with run_folder(out, name, "ensemble", resume=resume, overwrite=overwrite) as folder:
+        return _run_ensemble_in(
+            folder, configs, base=base, members=members, resnet=resnet, data=data, cluster=cluster, say=say
+        )
+
+
+def _run_ensemble_in(
+    folder: Path,
+    configs: list[TrialConfig],
+    *,
+    base: TrialConfig,
+    members: int,
+    resnet: str,
+    data: ImageData,
+    cluster: Any,
+    say: Any,
+) -> dict[str, Any]:
+    from study.common.files import write_provenance
     from study.ensemble.analysis import analyze
 
     specs = member_specs(configs, members, seed=base.seed)
     baseline = resnet_spec(base, resnet, seed=base.seed)
-    folder = prepare_run_dir(out, name, "ensemble")
     outputs = train_all(
-        specs + ([baseline] if baseline else []),
-        data=data,
-        cluster=cluster,
-        folder=folder,
-        device_forced=device_forced,
-        say=say,
+        specs + ([baseline] if baseline else []), data=data, cluster=cluster, folder=folder, say=say
     )
     summary = analyze(
         [outputs[s.name] for s in specs],

@@ -7,8 +7,8 @@ Ray's object store (``tune.with_parameters``), where its uint8 arrays are read z
 
 from __future__ import annotations
 
+import json
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +20,17 @@ import pandas as pd
 from lenet_core.config import TrialConfig
 from lenet_core.data import ImageData
 from lenet_core.errors import ConfigError, StudyError
-from lenet_core.train import library_versions, train_trial
+from lenet_core.train import train_trial
 from study.common.cluster import ClusterOptions, ResourcePlan
+from study.common.console import StudyInterrupted
 from study.common.files import read_json, write_json
-from study.tune.space import SearchSpace, trial_config
+from study.tune.space import SearchSpace, sampled_config
+from study.tune.tables import CONFIG_KEY, FAILED_STATUSES
 
-METRIC = "val_acc"  # what Optuna and ASHA optimize; test accuracy is never used for selection
+# What Optuna and ASHA optimize: validation accuracy, with a run that failed without a finite
+# accuracy (diverged to NaN) scored 0, so the searcher learns that region is bad instead of
+# dropping the trial. Test accuracy is never used for selection.
+METRIC = "objective"
 MODE = "max"
 SCHEDULERS = ("asha", "none")
 RAY_FOLDER = "ray"  # Tune's experiment (TensorBoard logs, trial state) under the tune folder
@@ -34,14 +39,10 @@ MAX_FAILURES = 2  # retries of a crashed trial worker before the trial counts as
 
 
 @dataclass(frozen=True)
-class StudyInterrupted(Exception):
-    """The study stopped before every trial finished; ``--resume`` continues it."""
-
-
-@dataclass(frozen=True)
 class TuneSettings:
+    """How the search runs; what each trial trains is the study's base TrialConfig."""
+
     trials: int
-    seed: int
     scheduler: str = "asha"
     max_failures: int = MAX_FAILURES
 
@@ -74,51 +75,56 @@ def worker_memory(data: ImageData) -> dict[str, Any]:
 
 
 def tune_trainable(
-    params: dict[str, Any], *, data: ImageData, base: dict[str, Any], probe_memory: bool = False
+    params: dict[str, Any], *, data: ImageData, base: TrialConfig, probe_memory: bool = False
 ) -> None:
-    """One Ray Tune trial: build its config, train, report every epoch to Tune."""
-    import ray
+    """One Ray Tune trial: place its config, train, report every epoch to Tune."""
     from ray import tune
 
-    values = dict(base)
-    if values.get("device") is None:  # the study did not force a device: use what Ray gave us
-        gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-        values["device"] = "cuda" if gpu_ids else "cpu"
-    config = trial_config(values, params)
-    started_at = time.time()  # wall clock, so the driver can see which trials overlapped
-    extra = worker_memory(data) if probe_memory else {}
-    train_trial(
-        config,
-        data,
-        report=lambda row: tune.report(
-            {**row, **extra, "started_at": started_at, "reported_at": time.time()}
-        ),
-    )
+    from study.common.placement import place
+
+    config, placement = place(sampled_config(base, params))
+    extra = {
+        **placement.as_columns(),
+        **(worker_memory(data) if probe_memory else {}),
+        CONFIG_KEY: json.dumps(config.to_dict()),  # the config exactly as this trial runs
+        "started_at": time.time(),  # wall clock, so the driver can see which trials overlapped
+    }
+
+    def report(row: dict[str, Any]) -> None:
+        tune.report({**row, **extra, METRIC: objective(row), "reported_at": time.time()})
+
+    train_trial(config, data, report=report)
+
+
+def objective(row: dict[str, Any]) -> float:
+    value = row["val_acc"]
+    if row["status"] in FAILED_STATUSES and not math.isfinite(value):
+        return 0.0
+    return value
 
 
 def study_identity(
-    base: dict[str, Any], space: SearchSpace, settings: TuneSettings, data: ImageData
+    base: TrialConfig, space: SearchSpace, settings: TuneSettings, data: ImageData
 ) -> dict[str, Any]:
     return {
         "dataset": data.name,
         "data_checksum": data.checksum,
         "space": space.to_dict(),
-        "base": base,
+        "base": base.to_dict(),
         "trials": settings.trials,
-        "seed": settings.seed,
+        "seed": base.seed,
         "scheduler": settings.scheduler,
     }
 
 
 def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> bool:
-    """True if a study exists to resume; refuses mismatches and accidental overwrites."""
+    """True if a study exists to resume; refuses a resume of a different study.
+
+    (A study folder that holds results without --resume is refused earlier, by ``run_folder``.)
+    """
     saved_path = folder / STUDY_FILE
     exists = saved_path.is_file() and (folder / RAY_FOLDER).is_dir()
     if not resume:
-        if exists:
-            raise StudyError(
-                f"a study already exists in {folder}; pass --resume to continue it or choose another --name"
-            )
         return False
     if not exists:
         raise StudyError(f"--resume: no study to resume in {folder}")
@@ -134,7 +140,7 @@ def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> boo
 
 def build_tuner(
     *,
-    base: dict[str, Any],
+    base: TrialConfig,
     space: SearchSpace,
     settings: TuneSettings,
     plan: ResourcePlan,
@@ -171,7 +177,7 @@ def build_tuner(
         space=space.optuna_distributions(),
         metric=METRIC,
         mode=MODE,
-        seed=settings.seed,
+        seed=base.seed,  # the searcher's seed: the same study samples the same trials
         points_to_evaluate=default_point(base, space),
     )
     scheduler = (
@@ -200,14 +206,13 @@ def build_tuner(
     )
 
 
-def default_point(base: dict[str, Any], space: SearchSpace) -> list[dict[str, Any]]:
+def default_point(base: TrialConfig, space: SearchSpace) -> list[dict[str, Any]]:
     """The library's default config as the first trial, when the space contains it.
 
     TPE starts with random trials; evaluating the defaults first means a study never reports a
     best trial worse than what `study train` gives without tuning.
     """
-    defaults = trial_config({**base, "device": "cpu"}, {}).to_dict()
-    point = {name: defaults[name] for name in space.params}
+    point = {name: getattr(base, name) for name in space.params}
     for name, spec in space.params.items():
         value = point[name]
         inside = (
@@ -220,203 +225,80 @@ def default_point(base: dict[str, Any], space: SearchSpace) -> list[dict[str, An
     return [point]
 
 
-# ------------------------------------------------------------------ results -> tables
-
-MEMORY_COLUMNS = ("worker_rss_mb", "worker_uss_mb", "data_private_mb", "data_zero_copy")
-EPOCH_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "seconds",
-    "images_per_s",
-    "status",
-]
-
-
-def _trial_number(trial_path: str) -> int:
-    # Tune names trial folders <trainable>_<id>_<number>_<params>_<date>; number counts from 1
-    match = re.search(r"_[0-9a-f]{5,}_(\d+)_", Path(trial_path).name)
-    return int(match.group(1)) if match else -1
-
-
-def trial_status(last: dict[str, Any], *, errored: bool, finished: bool) -> str:
-    """completed / diverged / pruned (ASHA stopped it early) / errored / unfinished."""
-    if errored:
-        return "errored"
-    if not finished:
-        return "unfinished"
-    status = last.get("status")
-    if status in ("completed", "diverged"):
-        return str(status)
-    return "pruned" if last else "errored"
-
-
-def collect_results(
-    grid: Any, *, space: SearchSpace, base: dict[str, Any], data: ImageData
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(trials, epochs) tables from Tune's ResultGrid: one row per trial / per trial-epoch."""
-    trial_rows, epoch_frames = [], []
-    # Tune's Trial objects say whether a trial ended; ResultGrid keeps them in the same order.
-    states = [t.status for t in grid._experiment_analysis.trials]
-    for result, state in zip(grid, states, strict=True):
-        metrics = dict(result.metrics or {})
-        trial_id = str(metrics.get("trial_id") or Path(str(result.path)).name)
-        params = {k: result.config.get(k) for k in space.params}
-        history = result.metrics_dataframe
-        if history is not None and len(history):
-            frame = history[[c for c in EPOCH_COLUMNS if c in history.columns]].copy()
-            frame.insert(0, "trial_id", trial_id)
-            epoch_frames.append(frame)
-        status = trial_status(
-            metrics,
-            errored=result.error is not None or state == "ERROR",
-            finished=state in ("TERMINATED", "ERROR"),
-        )
-        config = _safe_config(base, params)
-        ips = history["images_per_s"].mean() if history is not None and len(history) else math.nan
-        best_val = history["val_acc"].max() if history is not None and len(history) else math.nan
-        trial_rows.append(
-            {
-                "trial_id": trial_id,
-                "trial": _trial_number(str(result.path)),
-                **params,
-                "status": status,
-                "epochs_run": int(metrics.get("epoch", 0) or 0),
-                "best_val_acc": best_val,
-                "final_val_acc": metrics.get("val_acc", math.nan),
-                "test_acc": metrics.get("test_acc", math.nan) if status != "pruned" else math.nan,
-                "wall_s": metrics.get("time_total_s", math.nan),
-                # when the trial ran (unix seconds), to see how many ran side by side
-                "end_time": metrics.get("timestamp", math.nan),
-                "start_time": metrics.get("timestamp", math.nan) - metrics.get("time_total_s", math.nan),
-                "images_per_s": ips,
-                "seed": base["seed"],
-                "data_checksum": data.checksum,
-                "error": str(result.error).splitlines()[0] if result.error else "",
-                **{k: metrics[k] for k in MEMORY_COLUMNS if k in metrics},
-                "config": config,
-            }
-        )
-    trials = pd.DataFrame(trial_rows).sort_values("trial").reset_index(drop=True)
-    epochs_frame = (
-        pd.concat(epoch_frames, ignore_index=True)
-        if epoch_frames
-        else pd.DataFrame(columns=["trial_id", *EPOCH_COLUMNS])
-    )
-    return trials, epochs_frame
-
-
-def _safe_config(base: dict[str, Any], params: dict[str, Any]) -> str:
-    import json
-
-    try:
-        return json.dumps(trial_config({**base, "device": base.get("device") or "cpu"}, params).to_dict())
-    except ConfigError:
-        return ""
-
-
-def best_trial(trials: pd.DataFrame) -> pd.Series | None:
-    """The completed trial with the highest final validation accuracy (never test accuracy)."""
-    done = trials[trials["status"] == "completed"]
-    if done.empty:
-        return None
-    return done.sort_values(["final_val_acc", "trial"], ascending=[False, True]).iloc[0]
-
-
-def write_best(folder: Path, best: pd.Series, data: ImageData) -> None:
-    import json
-
-    config = TrialConfig(**json.loads(best["config"]))
-    write_json(
-        folder / "best.json",
-        {
-            "trial_id": best["trial_id"],
-            "config": config.to_dict(),
-            "metrics": {
-                k: best[k]
-                for k in ("final_val_acc", "best_val_acc", "test_acc", "epochs_run", "wall_s", "images_per_s")
-            },
-            "seed": config.seed,
-            "data_checksum": data.checksum,
-            "versions": library_versions(),
-        },
-    )
-
-
-def save_study_identity(folder: Path, identity: dict[str, Any]) -> None:
-    write_json(folder / STUDY_FILE, identity)
-
-
-def split_base_and_space(
-    space: SearchSpace,
-    file_values: dict[str, Any],
-    flags: dict[str, Any],
-    *,
-    seed: int,
-    cluster: ClusterOptions,
-) -> tuple[dict[str, Any], SearchSpace]:
-    """Values every trial shares, and the space left to search.
-
-    A flag fixes a searched field. A --config file only fills the fields that are not searched
-    (its own optimizer, lr, ... would otherwise end the search), and its device and threads give
-    way to the cluster's resources.
-    """
-    params = {k: v for k, v in space.params.items() if k not in flags}
-    if not params:
-        raise ConfigError("every searched field is fixed by a flag; nothing left to search")
-    from_file = {
-        k: v for k, v in file_values.items() if k not in space.params and k not in ("device", "threads")
-    }
-    base = {**space.fixed, **from_file, **flags, "threads": cluster.cpus_per_trial}
-    base.setdefault("seed", seed)
-    base.setdefault("device", None)  # None: cuda when Ray gave the trial a GPU, else cpu
-    searched = SearchSpace(params=params, fixed=space.fixed)
-    for name, spec in params.items():  # every corner of the space must make a valid config
-        for value in spec.get("choices", [spec.get("low"), spec.get("high")]):
-            trial_config({**base, "device": base["device"] or "cpu"}, {name: value})
-    return base, searched
-
-
 def run_study(
     *,
-    base: dict[str, Any],
+    base: TrialConfig,
     space: SearchSpace,
     settings: TuneSettings,
     cluster: ClusterOptions,
     data: ImageData,
     out: Path,
     name: str,
-    resume: bool,
+    resume: bool = False,
+    overwrite: bool = False,
     say: Any = print,
     probe_memory: bool = False,
     on_trial_done: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    """Run (or resume) a study and write every result file; returns (trials, epochs, folder)."""
-    from study.common.cluster import ray_session
-    from study.common.files import prepare_run_dir, write_provenance, write_table
-    from study.tune.figures import write_tune_report
-    from study.tune.progress import TrialProgress
+    """Run (or resume) a study and write every result file; returns (trials, epochs, folder).
 
-    epochs = trial_config({**base, "device": "cpu"}, {}).epochs  # "epochs" is never searched
+    Raises ``StudyInterrupted`` (after writing the tables of what finished) when the study
+    stopped before every trial ended.
+    """
+    from study.common.files import run_folder
+
     identity = study_identity(base, space, settings, data)
-    with ray_session(cluster) as session:
-        plan = session.plan
-        folder = prepare_run_dir(out, name, "tune")
+    with run_folder(out, name, "tune", resume=resume, overwrite=overwrite) as folder:
         resuming = check_resume(folder, identity, resume=resume)
         if not resuming:
-            save_study_identity(folder, identity)
+            write_json(folder / STUDY_FILE, identity)
+        trials, epoch_rows = _fit(
+            base=base,
+            space=space,
+            settings=settings,
+            cluster=cluster,
+            data=data,
+            folder=folder,
+            resuming=resuming,
+            say=say,
+            probe_memory=probe_memory,
+            on_trial_done=on_trial_done,
+        )
+        write_study_files(folder, trials, epoch_rows, space=space, data=data, settings=settings)
+    finished = int((trials["status"] != "unfinished").sum())
+    if finished < settings.trials:
+        raise StudyInterrupted(f"{finished} of {settings.trials} trials finished")
+    return trials, epoch_rows, folder
+
+
+def _fit(
+    *,
+    base: TrialConfig,
+    space: SearchSpace,
+    settings: TuneSettings,
+    cluster: ClusterOptions,
+    data: ImageData,
+    folder: Path,
+    resuming: bool,
+    say: Any,
+    probe_memory: bool,
+    on_trial_done: Any,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Start or join Ray, run the trials, and read Tune's results back as tables."""
+    from study.common.cluster import ray_session
+    from study.tune.progress import TrialProgress
+    from study.tune.tables import collect_results
+
+    with ray_session(cluster) as session:
+        plan = session.plan
         say(
             f"Ray dashboard: {session.dashboard_url or 'not available'}"
             + (" (token: `ray get-auth-token`)" if session.token_auth else "")
         )
         say(
-            f"{'resuming' if resuming else 'starting'} study {name}: {settings.trials} trials, "
-            f"{plan.concurrent} at a time ({plan.cpus_per_trial} CPU, {plan.gpus_per_trial:g} GPU "
-            f"each) on {data.name} (sha256 {data.checksum[:12]}) -> {folder}"
+            f"{'resuming' if resuming else 'starting'} study {folder.parent.name}: {settings.trials} "
+            f"trials, {plan.concurrent} at a time ({plan.cpus_per_trial} CPU, {plan.gpus_per_trial:g} "
+            f"GPU each) on {data.name} (sha256 {data.checksum[:12]}) -> {folder}"
         )
         tuner = build_tuner(
             base=base,
@@ -425,24 +307,36 @@ def run_study(
             plan=plan,
             data=data,
             folder=folder,
-            epochs=epochs,
+            epochs=base.epochs,  # "epochs" is never searched
             resume=resuming,
             callbacks=[TrialProgress(settings.trials, on_trial_done)],
             probe_memory=probe_memory,
         )
         grid = tuner.fit()
-        trials, epoch_rows = collect_results(grid, space=space, base=base, data=data)
+        return collect_results(
+            grid, params=list(space.params), data=data, sampled=lambda p: sampled_config(base, p)
+        )
+
+
+def write_study_files(
+    folder: Path,
+    trials: pd.DataFrame,
+    epochs: pd.DataFrame,
+    *,
+    space: SearchSpace,
+    data: ImageData,
+    settings: TuneSettings,
+) -> None:
+    """trials, epochs, best.json, summary.md, figures and run.json of a study."""
+    from study.common.files import write_provenance, write_table, write_text
+    from study.tune.figures import write_tune_figures
+    from study.tune.tables import best_trial, summary_markdown, write_best
+
     write_table(trials, folder / "trials")
-    write_table(epoch_rows, folder / "epochs", csv=False)
+    write_table(epochs, folder / "epochs", csv=False)
     best = best_trial(trials)
     if best is not None:
         write_best(folder, best, data)
-    write_tune_report(folder, trials, epoch_rows, space.optuna_distributions())
+    write_text(folder / "summary.md", summary_markdown(trials, list(space.params)))
+    write_tune_figures(folder, trials, epochs, space.optuna_distributions())
     write_provenance(folder, data=data, extra={"kind": "tune", "trials": settings.trials})
-    finished = int((trials["status"] != "unfinished").sum())
-    if finished < settings.trials:
-        raise StudyInterrupted(
-            f"{finished} of {settings.trials} trials finished; continue with "
-            f"study tune --name {name} --resume"
-        )
-    return trials, epoch_rows, folder

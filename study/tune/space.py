@@ -19,6 +19,7 @@ from typing import Any
 
 from lenet_core.config import FIELD_NAMES, OPTIMIZERS, TrialConfig, field_types, from_dict
 from lenet_core.errors import ConfigError
+from study.common.placement import without_placement
 
 # The scientific questions of the study: which optimizer, learning rate, activation, pooling
 # and batch size make LeNet-5 best.
@@ -132,6 +133,27 @@ def _parse_param(name: str, spec: Any, source: str) -> dict[str, Any]:
     return {"low": kind(low), "high": kind(high), "log": log}
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any]) -> TrialConfig:
-    """The TrialConfig of one sampled point: study base values, then the sampled params."""
-    return from_dict({**base, **params}, source="sampled trial")
+def split_base_and_space(
+    space: SearchSpace, file_values: dict[str, Any], flags: dict[str, Any]
+) -> tuple[TrialConfig, SearchSpace]:
+    """The config every trial starts from, and the space left to search.
+
+    A flag fixes a searched field (and removes it from the search). A --config file only fills
+    the fields that are not searched (its own optimizer, lr, ... would otherwise end the search),
+    and its device and threads give way to the resources Ray grants each trial.
+    """
+    params = {k: v for k, v in space.params.items() if k not in flags}
+    if not params:
+        raise ConfigError("every searched field is fixed by a flag; nothing left to search")
+    from_file = {k: v for k, v in without_placement(file_values).items() if k not in space.params}
+    base = from_dict({**space.fixed, **from_file, **flags}, source="study config")
+    searched = SearchSpace(params=params, fixed=space.fixed)
+    for name, spec in params.items():  # every corner of the space must make a valid config
+        for value in spec.get("choices", [spec.get("low"), spec.get("high")]):
+            sampled_config(base, {name: value})
+    return base, searched
+
+
+def sampled_config(base: TrialConfig, params: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig of one sampled point: the study's base config with the sampled values."""
+    return base.replace(**params)

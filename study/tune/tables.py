@@ -1,0 +1,208 @@
+"""`study tune` tables: Tune's results as one row per trial and per trial-epoch, the best trial,
+and the markdown summary.
+
+Everything is read through Tune's public ``Result`` objects (``metrics``, ``metrics_dataframe``,
+``error``); the config of each row is the one the worker reported as it ran (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lenet_core.config import from_dict
+from lenet_core.data import ImageData
+from lenet_core.train import library_versions
+from study.common.files import write_json
+
+# Statuses of a finished trial; "pruned" means ASHA stopped it early, "unfinished" that the
+# study was interrupted while it ran (a resume runs it again).
+FAILED_STATUSES = ("diverged", "collapsed")
+FINAL_STATUSES = ("completed", *FAILED_STATUSES)
+MEMORY_COLUMNS = ("worker_rss_mb", "worker_uss_mb", "data_private_mb", "data_zero_copy")
+EPOCH_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "seconds",
+    "images_per_s",
+    "status",
+]
+CONFIG_KEY = "trial_config"  # the reported JSON config ("config" is Tune's own result key)
+
+
+def trial_status(last: dict[str, Any], *, errored: bool) -> str:
+    """completed / diverged / collapsed / pruned / errored / unfinished, from the last result."""
+    if errored:
+        return "errored"
+    if not last.get("done"):  # Tune sets done once a trial has ended, pruned ones included
+        return "unfinished"
+    status = last.get("status")
+    if status in FINAL_STATUSES:
+        return str(status)
+    return "pruned"
+
+
+def trial_row(result: Any, *, params: list[str], data: ImageData, fallback_config: str) -> dict[str, Any]:
+    """One trial's row: its sampled values, status, metrics, where and when it ran, its config."""
+    metrics = dict(result.metrics or {})
+    trial_id = str(metrics.get("trial_id") or Path(str(result.path)).name)
+    status = trial_status(metrics, errored=result.error is not None)
+    config_json = metrics.get(CONFIG_KEY) or fallback_config
+    config = json.loads(config_json) if config_json else {}
+    history = result.metrics_dataframe
+    has_history = history is not None and len(history) > 0
+    return {
+        "trial_id": trial_id,
+        **{name: config.get(name) for name in params},
+        "status": status,
+        "epochs_run": int(metrics.get("epoch", 0) or 0),
+        "best_val_acc": float(history["val_acc"].max()) if has_history else math.nan,
+        "final_val_acc": metrics.get("val_acc", math.nan),
+        # a pruned trial was never tested: its test accuracy is not a result
+        "test_acc": metrics.get("test_acc", math.nan) if status in FINAL_STATUSES else math.nan,
+        "wall_s": metrics.get("time_total_s", math.nan),
+        # precise wall-clock times (unix seconds) taken in the worker: which trials overlapped
+        "start_time": metrics.get("started_at", math.nan),
+        "end_time": metrics.get("reported_at", math.nan),
+        "images_per_s": float(history["images_per_s"].mean()) if has_history else math.nan,
+        "seed": config.get("seed"),
+        "data_checksum": data.checksum,
+        "node_ip": metrics.get("node_ip", ""),
+        "error": str(result.error).strip().splitlines()[0] if result.error else "",
+        **{k: metrics[k] for k in MEMORY_COLUMNS if k in metrics},
+        "config": config_json,
+    }
+
+
+def collect_results(
+    grid: Any, *, params: list[str], data: ImageData, sampled: Any
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, epochs) from Tune's ResultGrid: one row per trial, and per trial-epoch.
+
+    ``sampled(params) -> TrialConfig`` rebuilds the config of a trial that failed before it
+    reported anything (its worker never said what ran).
+    """
+    trial_rows, epoch_frames = [], []
+    for result in grid:
+        fallback = ""
+        if not (result.metrics or {}).get(CONFIG_KEY):
+            sampled_params = {k: v for k, v in (result.config or {}).items() if k in params}
+            fallback = json.dumps(sampled(sampled_params).to_dict())
+        row = trial_row(result, params=params, data=data, fallback_config=fallback)
+        trial_rows.append(row)
+        history = result.metrics_dataframe
+        if history is not None and len(history):
+            frame = history[[c for c in EPOCH_COLUMNS if c in history.columns]].copy()
+            frame.insert(0, "trial_id", row["trial_id"])
+            epoch_frames.append(frame)
+    # Number trials in the order they started (Tune hands them out in the searcher's order);
+    # one that never reported comes last.
+    trials = pd.DataFrame(trial_rows).sort_values(["start_time", "trial_id"], na_position="last")
+    trials.insert(1, "trial", range(1, len(trials) + 1))
+    trials = trials.reset_index(drop=True)
+    epochs = (
+        pd.concat(epoch_frames, ignore_index=True)
+        if epoch_frames
+        else pd.DataFrame(columns=["trial_id", *EPOCH_COLUMNS])
+    )
+    return trials, epochs
+
+
+def completed(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials that ran every epoch and learned: the only ones means, groups and importance use.
+
+    Pruned trials stopped at an early epoch, and failed ones (diverged, collapsed) are counted
+    and named apart; pooling either with finished trials would compare different things.
+    """
+    return trials[trials["status"] == "completed"]
+
+
+def best_trial(trials: pd.DataFrame) -> pd.Series | None:
+    """The completed trial with the highest best validation accuracy (never test accuracy).
+
+    The weights a trial tests are those of its best validation epoch, so that is what ranks it.
+    """
+    done = completed(trials)
+    if done.empty:
+        return None
+    return done.sort_values(["best_val_acc", "trial"], ascending=[False, True]).iloc[0]
+
+
+def write_best(folder: Path, best: pd.Series, data: ImageData) -> None:
+    """best.json: the best trial's config as it ran (replay it with `study train --config`)."""
+    config = from_dict(json.loads(best["config"]), source="trials.parquet")
+    write_json(
+        folder / "best.json",
+        {
+            "trial_id": best["trial_id"],
+            "config": config.to_dict(),
+            "metrics": {
+                k: best[k]
+                for k in ("final_val_acc", "best_val_acc", "test_acc", "epochs_run", "wall_s", "images_per_s")
+            },
+            "seed": config.seed,
+            "data_checksum": data.checksum,
+            "versions": library_versions(),
+        },
+    )
+
+
+GROUP_BY = ("optimizer", "activation", "pooling", "batch_size")
+
+
+def group_table(trials: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Best validation accuracy of completed trials by one searched value."""
+    table = (
+        completed(trials)
+        .groupby(name)["best_val_acc"]
+        .agg(trials="count", mean_val_acc="mean", best_val_acc="max")
+    )
+    return table.sort_values("mean_val_acc", ascending=False)
+
+
+def status_counts(trials: pd.DataFrame) -> str:
+    return ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
+
+
+def summary_markdown(trials: pd.DataFrame, params: list[str]) -> str:
+    """Top 10 trials, failed trials by name, and validation accuracy by each searched categorical."""
+    cols = ["trial", *params, "status", "epochs_run", "best_val_acc", "final_val_acc", "test_acc"]
+    top = trials.sort_values("best_val_acc", ascending=False).head(10)[cols]
+    parts = [
+        "# Tune summary",
+        "",
+        f"{len(trials)} trials: {status_counts(trials)}.",
+        "",
+        "## Top 10 trials by validation accuracy",
+        "",
+        top.to_markdown(index=False, floatfmt=".4g"),
+        "",
+    ]
+    failed = trials[trials["status"].isin(FAILED_STATUSES)]
+    if len(failed):
+        parts += [
+            "## Failed trials (excluded from every mean and from the best)",
+            "",
+            failed[["trial", *params, "status", "epochs_run", "final_val_acc"]].to_markdown(
+                index=False, floatfmt=".4g"
+            ),
+            "",
+        ]
+    for name in [g for g in GROUP_BY if g in params]:
+        parts += [
+            f"## Validation accuracy by {name} (completed trials only)",
+            "",
+            group_table(trials, name).to_markdown(floatfmt=".4g"),
+            "",
+        ]
+    return "\n".join(parts)
