@@ -26,6 +26,12 @@ from lenet_core.names import (
     POOLING_NAMES,
 )
 
+# Choices of the schedule and precision fields (torch-free, like names.py).
+LR_SCHEDULES = ("constant", "step", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+# The optimizers whose PyTorch constructors take a momentum argument.
+MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")
+
 
 def _opt(help_text: str, choices: tuple[str, ...] | None = None) -> dict[str, Any]:
     return {"help": help_text, "choices": choices}
@@ -45,6 +51,13 @@ class TrialConfig:
     val_fraction: float = field(
         default=0.1, metadata=_opt("Fraction of train held out (stratified) for validation.")
     )
+    split_seed: int = field(
+        default=0,
+        metadata=_opt(
+            "Seed for the train/validation split and the --train-fraction subset, and for nothing "
+            "else: every --seed of a study shares one validation set unless this changes."
+        ),
+    )
     train_fraction: float = field(
         default=1.0, metadata=_opt("Use this stratified fraction of the training split (e.g. 0.25).")
     )
@@ -62,11 +75,40 @@ class TrialConfig:
     )
     # --- optimization
     optimizer: str = field(default="adam", metadata=_opt("Optimizer.", OPTIMIZERS))
-    lr: float = field(default=1e-3, metadata=_opt("Learning rate (> 0)."))
+    lr: float = field(
+        default=1e-3, metadata=_opt("Learning rate (> 0); the first epoch's, under a schedule.")
+    )
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_opt(
+            "Learning-rate schedule, stepped once per epoch: step multiplies the lr by --lr-gamma "
+            "every epoch; cosine anneals it to 0 over --epochs.",
+            LR_SCHEDULES,
+        ),
+    )
+    lr_gamma: float = field(
+        default=0.7,
+        metadata=_opt("Factor applied to the lr after every epoch by --lr-schedule step, in (0, 1]."),
+    )
     batch_size: int = field(default=32, metadata=_opt("Training batch size (images per step)."))
-    epochs: int = field(default=10, metadata=_opt("Passes over the training split."))
-    weight_decay: float = field(default=0.0, metadata=_opt("L2 weight decay (>= 0)."))
-    momentum: float = field(default=0.9, metadata=_opt("Momentum for sgd and rmsprop, in [0, 1)."))
+    epochs: int = field(
+        default=10, metadata=_opt("Passes over the training split (the most, with --patience).")
+    )
+    patience: int = field(
+        default=0,
+        metadata=_opt(
+            "Stop after this many epochs without a better validation accuracy; 0 = never. Either "
+            "way the best validation epoch's weights are the ones tested and kept."
+        ),
+    )
+    weight_decay: float | None = field(
+        default=None,
+        metadata=_opt("L2 weight decay (>= 0). Default: the optimizer's PyTorch default (0; adamw 0.01)."),
+    )
+    momentum: float | None = field(
+        default=None,
+        metadata=_opt("Momentum for sgd and rmsprop only, in [0, 1). Default: PyTorch's (0)."),
+    )
     test_every_epoch: bool = field(
         default=False,
         metadata=_opt(
@@ -74,8 +116,19 @@ class TrialConfig:
         ),
     )
     # --- run
-    seed: int = field(default=0, metadata=_opt("Seed for split, init, batch order, augmentation."))
-    device: str = field(default="cpu", metadata=_opt("Training device; auto = cuda if present.", DEVICES))
+    seed: int = field(
+        default=0,
+        metadata=_opt("Seed for initialisation, batch order and augmentation (the split: --split-seed)."),
+    )
+    device: str = field(default="auto", metadata=_opt("Training device; auto = cuda if present.", DEVICES))
+    precision: str = field(
+        default="fp32",
+        metadata=_opt(
+            "Arithmetic of forward pass and loss: bf16 autocast (CPU or CUDA), fp16 autocast with "
+            "gradient scaling (CUDA only); weights, loss sums and metrics stay fp32.",
+            PRECISIONS,
+        ),
+    )
     threads: int = field(default=0, metadata=_opt("torch CPU threads; 0 = torch's default."))
 
     def __post_init__(self) -> None:
@@ -87,12 +140,23 @@ class TrialConfig:
         _check_range("lr", self.lr, low=0.0, low_open=True)
         _check_range("batch_size", self.batch_size, low=1)
         _check_range("epochs", self.epochs, low=1)
-        _check_range("weight_decay", self.weight_decay, low=0.0)
-        _check_range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        _check_range("lr_gamma", self.lr_gamma, low=0.0, high=1.0, low_open=True)
+        _check_range("patience", self.patience, low=0)
+        if self.weight_decay is not None:
+            _check_range("weight_decay", self.weight_decay, low=0.0)
+        if self.momentum is not None:
+            _check_range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+            if self.optimizer not in MOMENTUM_OPTIMIZERS:
+                raise ConfigError(
+                    f"--momentum applies to {' and '.join(MOMENTUM_OPTIMIZERS)} only, not {self.optimizer}"
+                )
         _check_range("val_fraction", self.val_fraction, low=0.0, high=0.9)
         _check_range("train_fraction", self.train_fraction, low=0.0, high=1.0, low_open=True)
         _check_range("threads", self.threads, low=0)
         _check_range("seed", self.seed, low=0)
+        _check_range("split_seed", self.split_seed, low=0)
+        if self.patience and self.val_fraction == 0:
+            raise ConfigError("--patience needs a validation split (--val-fraction > 0)")
         if self.model == "lenet5":
             # Resolve the variant's defaults so every record states what actually ran.
             variant = self.variant or "modern"

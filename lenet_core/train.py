@@ -2,15 +2,17 @@
 
 Read top to bottom: ``train_trial`` prepares the split and the model, runs the epochs with
 ``train_one_epoch`` and ``evaluate``, and returns a ``TrialResult``. It never prints: the
-``report`` callback (called after every epoch) is how callers watch or stop it.
+``report`` callback (called after every epoch) is how callers watch or stop it. All inference
+(``predict_logits``, ``model_features``, and so ``evaluate``) goes through one batched loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -41,6 +43,12 @@ DIVERGENCE_CHECK_EVERY = 32  # steps; a loss read forces a device sync, so not e
 # A mean training loss above ten times that of a uniform guess (ln 10 = 2.30 for 10 classes)
 # means the weights blew up, even when saturating units keep the loss finite.
 DIVERGED_LOSS = 10 * math.log(10)
+# A run whose kept weights score no better on validation than always answering the most frequent
+# validation class, plus this margin (2 points of accuracy), learned nothing usable: "collapsed".
+# The margin absorbs the few points a near-constant predictor gains by luck on a finite split.
+COLLAPSE_MARGIN = 0.02
+# autocast dtype per --precision; fp32 runs without autocast.
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # What ``report`` receives after each epoch; returning True stops the trial (status "stopped").
 Report = Callable[[dict[str, Any]], bool | None]
@@ -48,16 +56,25 @@ Report = Callable[[dict[str, Any]], bool | None]
 
 @dataclass
 class TrialResult:
-    """Everything one trial produced; ``summary()`` is what goes into tables and JSON."""
+    """Everything one trial produced; ``summary()`` is what goes into tables and JSON.
+
+    The metrics (val_*, test_*) and ``state_dict`` are those of the kept weights: the best
+    validation epoch's (``best_epoch``), or the last epoch's when there was no validation split or
+    the run diverged.
+    """
 
     config: TrialConfig
-    status: str  # "completed", "diverged" or "stopped" (the report callback asked to stop)
+    # "completed"; "collapsed" (ran, but validation accuracy near always guessing the majority
+    # class); "diverged" (the loss blew up); "stopped" (the report callback asked to stop)
+    status: str
     history: list[dict[str, Any]]  # one row per epoch run
     val_loss: float
     val_acc: float
     best_val_acc: float
     test_loss: float
     test_acc: float
+    best_epoch: int  # the epoch whose weights were kept (1-based)
+    stopped_early: bool  # --patience ended the run before --epochs
     seconds: float  # wall time of the whole trial
     images_per_s: float  # training images per second, over all epochs run
     parameters: int
@@ -74,6 +91,8 @@ class TrialResult:
         return {
             "status": self.status,
             "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
             "val_loss": self.val_loss,
             "val_acc": self.val_acc,
             "best_val_acc": self.best_val_acc,
@@ -108,32 +127,76 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    # CPU autocast to float16 exists but is slow and has no gradient scaler worth the name.
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"--precision fp16 needs CUDA (the device is {device.type}); use bf16 or fp32")
+
+
+def precision_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context for ``precision`` on ``device``; fp32 runs without one."""
+    check_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
 def trial_split(data: ImageData, config: TrialConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, validation indices) into ``data.train_images`` for this config's seed."""
+    """(train indices, validation indices) into ``data.train_images``, drawn from ``split_seed``.
+
+    ``config.seed`` plays no part, so every seed of a study trains and selects on the same split.
+    """
     train_idx, val_idx = stratified_split(
-        data.train_labels, held_out_fraction=config.val_fraction, seed=config.seed
+        data.train_labels, held_out_fraction=config.val_fraction, seed=config.split_seed
     )
     if config.train_fraction < 1.0:
         keep = stratified_subset(
-            data.train_labels[train_idx], fraction=config.train_fraction, seed=config.seed
+            data.train_labels[train_idx], fraction=config.train_fraction, seed=config.split_seed
         )
         train_idx = train_idx[keep]
     return train_idx, val_idx
 
 
+OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adadelta": torch.optim.Adadelta,
+    "adagrad": torch.optim.Adagrad,
+    "rmsprop": torch.optim.RMSprop,
+    "adam": torch.optim.Adam,
+    "adamax": torch.optim.Adamax,
+    "adamw": torch.optim.AdamW,
+}
+# fused: one kernel per step for all parameters instead of several per tensor
+FUSED_OPTIMIZERS = ("adam", "adamw")
+
+
 def make_optimizer(config: TrialConfig, params: Any) -> torch.optim.Optimizer:
-    lr, wd = config.lr, config.weight_decay
-    makers: dict[str, Callable[[], torch.optim.Optimizer]] = {
-        "sgd": lambda: torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd),
-        "adadelta": lambda: torch.optim.Adadelta(params, lr=lr, weight_decay=wd),
-        "adagrad": lambda: torch.optim.Adagrad(params, lr=lr, weight_decay=wd),
-        "rmsprop": lambda: torch.optim.RMSprop(params, lr=lr, momentum=config.momentum, weight_decay=wd),
-        # fused: one kernel per step for all parameters instead of several per tensor
-        "adam": lambda: torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=True),
-        "adamax": lambda: torch.optim.Adamax(params, lr=lr, weight_decay=wd),
-        "adamw": lambda: torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=True),
-    }
-    return makers[config.optimizer]()
+    """The config's optimizer; hyperparameters the config leaves unset (None) keep PyTorch's defaults."""
+    options: dict[str, Any] = {"lr": config.lr}
+    if config.weight_decay is not None:
+        options["weight_decay"] = config.weight_decay
+    if config.momentum is not None:  # TrialConfig allows it only for sgd and rmsprop
+        options["momentum"] = config.momentum
+    if config.optimizer in FUSED_OPTIMIZERS:
+        options["fused"] = True
+    return OPTIMIZER_CLASSES[config.optimizer](params, **options)
+
+
+def make_scheduler(
+    config: TrialConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch lr schedule: epoch e (from 1) trains at lr * gamma**(e-1) (step, as in the
+    PyTorch MNIST example) or lr * (1 + cos(pi (e-1) / epochs)) / 2 (cosine); None if constant."""
+    if config.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return None
+
+
+def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
 def build_trial_model(config: TrialConfig) -> nn.Module:
@@ -142,6 +205,63 @@ def build_trial_model(config: TrialConfig) -> nn.Module:
         torch.manual_seed(config.seed)
         model = build_model(config.model, **config.model_options())
     return model.to(memory_format=MEMORY_FORMAT)
+
+
+def majority_fraction(labels: np.ndarray | torch.Tensor) -> float:
+    """Accuracy of always answering the most frequent label."""
+    counts = np.bincount(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels))
+    return float(counts.max() / counts.sum()) if counts.sum() else math.nan
+
+
+def is_collapsed(val_acc: float, val_labels: np.ndarray | torch.Tensor) -> bool:
+    return val_acc <= majority_fraction(val_labels) + COLLAPSE_MARGIN
+
+
+@dataclass(frozen=True)
+class EpochScore:
+    """One epoch's validation metrics (NaN without a validation split)."""
+
+    epoch: int
+    val_loss: float
+    val_acc: float
+
+
+class BestEpoch:
+    """The best validation epoch so far and a copy of its weights, for early stopping and restoring."""
+
+    def __init__(self) -> None:
+        self.score: EpochScore | None = None
+        self._state: dict[str, torch.Tensor] = {}
+
+    def offer(self, score: EpochScore, model: nn.Module) -> None:
+        """Keep ``model``'s weights if ``score`` beats the best validation accuracy so far."""
+        if self.score is not None and not score.val_acc > self.score.val_acc:
+            return
+        self.score = score
+        # A copy on the model's device: 61,706 floats for LeNet-5, nothing next to an epoch.
+        self._state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def patience_spent(self, patience: int, epoch: int) -> bool:
+        """Whether ``patience`` (> 0) epochs up to ``epoch`` have passed without improvement."""
+        return patience > 0 and self.score is not None and epoch - self.score.epoch >= patience
+
+    def restore(self, model: nn.Module) -> EpochScore | None:
+        """Load the best weights into ``model``; None (model untouched) if no epoch was scored."""
+        if self.score is not None:
+            model.load_state_dict(self._state)
+        return self.score
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's CPU thread count set to ``threads`` (0: leave it) for the block, then put back."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def train_trial(
@@ -155,32 +275,43 @@ def train_trial(
 
     ``train_indices`` (into ``data.train_images``) replaces the config's training split, e.g. a
     bootstrap resample for an ensemble member; the validation split stays the config's.
+
+    The run ends after ``epochs``, when the loss diverges, after ``patience`` epochs without a
+    better validation accuracy, or when ``report`` returns True. Except after divergence, the best
+    validation epoch's weights are then restored and tested. History rows carry status "running"
+    but the last one of a run that was not stopped, which carries the final status; that row's
+    test metrics are those of the kept weights.
     """
     if config.dataset != data.name:
         raise ConfigError(f"config asks for dataset {config.dataset!r} but {data.name!r} was given")
     started = time.perf_counter()
     device = resolve_device(config.device)
-    previous_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    check_precision(config.precision, device)
+    with torch_threads(config.threads):
         split_train, val_idx = trial_split(data, config)
         train_idx = split_train if train_indices is None else np.asarray(train_indices)
         images = as_tensor(data.train_images).to(device)  # (N, 28, 28) uint8, no copy on CPU
         labels = as_tensor(data.train_labels).to(device)  # (N,) int64
         train_idx_t = torch.from_numpy(train_idx.astype(np.int64)).to(device)
         val_images, val_labels = images[val_idx], labels[val_idx]
-        model = build_trial_model(config).to(device)
-        optimizer = make_optimizer(config, model.parameters())
-        generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
-
         test_images = as_tensor(data.test_images).to(device)
         test_labels = as_tensor(data.test_labels).to(device)
+        model = build_trial_model(config).to(device)
+        optimizer = make_optimizer(config, model.parameters())
+        scheduler = make_scheduler(config, optimizer)
+        scaler = make_grad_scaler(config.precision, device)
+        generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
+
+        def evaluate_on(split_images: torch.Tensor, split_labels: torch.Tensor) -> tuple[float, float]:
+            return evaluate(model, split_images, split_labels, data=data, precision=config.precision)
+
         history: list[dict[str, Any]] = []
-        status = "completed"
-        train_seconds = 0.0
+        best = BestEpoch()
+        status, stopped_early, train_seconds = "completed", False, 0.0
+        kept = EpochScore(0, math.nan, math.nan)
         test_loss = test_acc = math.nan
         for epoch in range(1, config.epochs + 1):
+            lr = optimizer.param_groups[0]["lr"]  # the lr this epoch trains with
             epoch_start = time.perf_counter()
             train_loss, train_acc = train_one_epoch(
                 model,
@@ -191,21 +322,29 @@ def train_trial(
                 config=config,
                 data=data,
                 generator=generator,
+                scaler=scaler,
             )
             seconds = time.perf_counter() - epoch_start
             train_seconds += seconds
-            if len(val_idx):
-                val_loss, val_acc = evaluate(model, val_images, val_labels, data=data)
-            else:
-                val_loss, val_acc = math.nan, math.nan
-            if not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS:
-                status = "diverged"
-            final = status == "diverged" or epoch == config.epochs
+            val_loss, val_acc = evaluate_on(val_images, val_labels) if len(val_idx) else (math.nan, math.nan)
+            current = EpochScore(epoch, val_loss, val_acc)
+            if math.isfinite(val_acc):
+                best.offer(current, model)
+            diverged = not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS
+            stopped_early = (
+                not diverged and epoch < config.epochs and best.patience_spent(config.patience, epoch)
+            )
+            final = diverged or stopped_early or epoch == config.epochs
+            if final:
+                # A diverged run keeps its last weights: its metrics should show the failure.
+                kept = current if diverged else (best.restore(model) or current)
+                status = "diverged" if diverged else _ended_status(kept, val_labels)
             if final or config.test_every_epoch:  # the last row always carries test metrics
-                test_loss, test_acc = evaluate(model, test_images, test_labels, data=data)
+                test_loss, test_acc = evaluate_on(test_images, test_labels)
             history.append(
                 {
                     "epoch": epoch,
+                    "lr": lr,
                     "train_loss": train_loss,
                     "train_acc": train_acc,
                     "val_loss": val_loss,
@@ -219,20 +358,26 @@ def train_trial(
             )
             if report is not None and report(history[-1]) and not final:
                 status = "stopped"
-                test_loss, test_acc = evaluate(model, test_images, test_labels, data=data)
-            if status != "completed":
+                kept = best.restore(model) or current
+                test_loss, test_acc = evaluate_on(test_images, test_labels)
                 break
+            if final:
+                break
+            if scheduler is not None:
+                scheduler.step()
 
         val_accs = [row["val_acc"] for row in history if math.isfinite(row["val_acc"])]
         return TrialResult(
             config=config,
             status=status,
             history=history,
-            val_loss=history[-1]["val_loss"],
-            val_acc=history[-1]["val_acc"],
+            val_loss=kept.val_loss,
+            val_acc=kept.val_acc,
             best_val_acc=max(val_accs, default=math.nan),
             test_loss=test_loss,
             test_acc=test_acc,
+            best_epoch=kept.epoch,
+            stopped_early=stopped_early,
             seconds=time.perf_counter() - started,
             images_per_s=len(train_idx) * len(history) / train_seconds if train_seconds else 0.0,
             parameters=count_parameters(model),
@@ -240,8 +385,14 @@ def train_trial(
             versions=library_versions(),
             state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
         )
-    finally:
-        torch.set_num_threads(previous_threads)
+
+
+def _ended_status(kept: EpochScore, val_labels: torch.Tensor) -> str:
+    """completed, or collapsed when the kept weights are no better than guessing the majority class.
+    Without a validation split there is nothing to judge by, so the run counts as completed."""
+    if len(val_labels) and is_collapsed(kept.val_acc, val_labels):
+        return "collapsed"
+    return "completed"
 
 
 def train_one_epoch(
@@ -254,13 +405,22 @@ def train_one_epoch(
     config: TrialConfig,
     data: ImageData,
     generator: torch.Generator,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
-    """One pass in a seeded random order; returns (mean loss, accuracy), loss NaN if diverged."""
+    """One pass in a seeded random order; returns (mean loss, accuracy), loss NaN if diverged.
+
+    Forward and loss run under ``config.precision``'s autocast. fp16 needs ``scaler``, kept across
+    epochs by the caller so its scale adapts; without one a fresh scaler serves this epoch only.
+    """
+    device = images.device
+    autocast = precision_autocast(config.precision, device)
+    if scaler is None:
+        scaler = make_grad_scaler(config.precision, device)
     model.train()
     n = len(train_idx)
     order = train_idx[torch.randperm(n, generator=generator).to(train_idx.device)]
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), dtype=torch.long, device=images.device)
+    loss_sum = torch.zeros((), device=device)  # fp32 whatever the precision
+    correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for step, start in enumerate(range(0, n, config.batch_size)):
         idx = order[start : start + config.batch_size]
@@ -271,13 +431,19 @@ def train_one_epoch(
             x = augment_batch(x, kind=config.augment, generator=generator)
         x = normalize_(x, mean=data.mean, std=data.std)
         y = labels[idx]
-        logits = model(x)  # (B, 10)
-        loss = F.cross_entropy(logits, y)
+        with autocast:
+            logits = model(x)  # (B, 10), bf16/fp16 under autocast
+            loss = F.cross_entropy(logits, y)  # autocast computes cross-entropy in fp32
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+            scaler.update()
         with torch.no_grad():
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss.detach().float() * len(idx)
             correct += (logits.argmax(1) == y).sum()
         seen += len(idx)
         if step % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
@@ -286,31 +452,98 @@ def train_one_epoch(
     return (mean_loss if math.isfinite(mean_loss) else math.nan), float(correct) / max(seen, 1)
 
 
-@torch.inference_mode()
+# --------------------------------------------------------------------------- inference
+
+Images = np.ndarray | torch.Tensor  # (N, 28, 28) uint8, on any device
+
+
+def _batched_inference(
+    model: nn.Module,
+    images: Images,
+    *,
+    data: ImageData,
+    batch_size: int,
+    precision: str,
+    outputs: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """The one inference loop: ``outputs`` of each normalized batch, concatenated, fp32 on the CPU.
+
+    Batches move to the model's device one at a time, so the images may sit anywhere.
+    """
+    tensor = as_tensor(images) if isinstance(images, np.ndarray) else images
+    if tensor.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 (N, 28, 28), got {tensor.dtype}")
+    device = next(model.parameters()).device
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    with torch.inference_mode(), precision_autocast(precision, device):
+        # At least one batch, even an empty one, so that empty input still gives shaped outputs.
+        for start in range(0, max(len(tensor), 1), batch_size):
+            x = to_unit_float(tensor[start : start + batch_size].to(device))  # (B, 1, 28, 28) in [0, 1]
+            x = normalize_(x, mean=data.mean, std=data.std)
+            for key, value in outputs(x).items():
+                chunks.setdefault(key, []).append(value.float().cpu())
+    return {key: torch.cat(parts) for key, parts in chunks.items()}
+
+
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, *, data: ImageData, batch_size: int = EVAL_BATCH_SIZE
+    model: nn.Module,
+    images: Images,
+    *,
+    data: ImageData,
+    batch_size: int = EVAL_BATCH_SIZE,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """(N, 28, 28) uint8 images -> (N, 10) float logits on the CPU, in large batches."""
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        x = to_unit_float(images[start : start + batch_size].to(device))
-        chunks.append(model(normalize_(x, mean=data.mean, std=data.std)).float().cpu())
-    return torch.cat(chunks) if chunks else torch.empty(0, 10)
+    return _batched_inference(
+        model,
+        images,
+        data=data,
+        batch_size=batch_size,
+        precision=precision,
+        outputs=lambda x: {"logits": model(x)},
+    )["logits"]
 
 
-def predict_proba(model: nn.Module, images: torch.Tensor, *, data: ImageData) -> torch.Tensor:
+def model_features(
+    model: nn.Module,
+    images: Images,
+    *,
+    data: ImageData,
+    keys: tuple[str, ...] = ("penultimate",),
+    batch_size: int = EVAL_BATCH_SIZE,
+    precision: str = "fp32",
+) -> dict[str, np.ndarray]:
+    """Intermediate activations from ``model.features`` (LeNet-5: conv1 (N,6,28,28), conv2
+    (N,16,10,10), penultimate (N,84)) as fp32 numpy arrays. Only ``keys`` are kept: conv maps of
+    many images are large."""
+
+    def selected(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = model.features(x)
+        missing = [key for key in keys if key not in features]
+        if missing:
+            raise ValueError(f"model has no feature {missing[0]!r}; it has: {', '.join(features)}")
+        return {key: features[key] for key in keys}
+
+    found = _batched_inference(
+        model, images, data=data, batch_size=batch_size, precision=precision, outputs=selected
+    )
+    return {key: value.contiguous().numpy() for key, value in found.items()}
+
+
+def predict_proba(
+    model: nn.Module, images: Images, *, data: ImageData, precision: str = "fp32"
+) -> torch.Tensor:
     """(N, 10) class probabilities (softmax of the logits)."""
-    return predict_logits(model, images, data=data).softmax(dim=1)
+    return predict_logits(model, images, data=data, precision=precision).softmax(dim=1)
 
 
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, data: ImageData
+    model: nn.Module, images: Images, labels: torch.Tensor, *, data: ImageData, precision: str = "fp32"
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on a split."""
-    logits = predict_logits(model, images, data=data)
-    targets = labels.cpu()
+    """(mean cross-entropy, accuracy) of ``model`` on a split, computed in fp32."""
+    logits = predict_logits(model, images, data=data, precision=precision)
+    targets = torch.as_tensor(labels).cpu()
     loss = float(F.cross_entropy(logits, targets)) if len(targets) else math.nan
     acc = float((logits.argmax(1) == targets).float().mean()) if len(targets) else math.nan
     return (loss if math.isfinite(loss) else math.nan), acc

@@ -1,0 +1,103 @@
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from lenet_core.config import FIELD_NAMES, TrialConfig, field_types, from_dict
+from lenet_core.errors import ConfigError
+from lenet_core.names import LENET_VARIANTS
+
+
+def test_importing_the_config_does_not_import_torch():
+    code = "import sys, lenet_core.config; assert 'torch' not in sys.modules, 'torch was imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_defaults_leave_optimizer_hyperparameters_to_pytorch_and_pick_the_device():
+    config = TrialConfig()
+    assert (config.momentum, config.weight_decay) == (None, None)
+    assert (config.device, config.precision, config.lr_schedule) == ("auto", "fp32", "constant")
+    assert (config.split_seed, config.patience, config.lr_gamma) == (0, 0, 0.7)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lr": -1.0}, "--lr must be > 0"),
+        ({"lr": float("nan")}, "--lr"),
+        ({"batch_size": 0}, "--batch-size must be >= 1"),
+        ({"epochs": 0}, "--epochs must be >= 1"),
+        ({"optimizer": "sgd", "momentum": 1.0}, r"--momentum must be in \[0, 1\)"),
+        ({"optimizer": "rmsprop", "momentum": -0.1}, "--momentum must be in"),
+        ({"momentum": 0.9}, "--momentum applies to sgd and rmsprop only, not adam"),
+        (
+            {"optimizer": "adagrad", "momentum": 0.0},
+            "--momentum applies to sgd and rmsprop only, not adagrad",
+        ),
+        ({"weight_decay": -1e-4}, "--weight-decay must be >= 0"),
+        ({"val_fraction": 0.95}, "--val-fraction"),
+        ({"train_fraction": 0.0}, "--train-fraction"),
+        ({"split_seed": -1}, "--split-seed must be >= 0"),
+        ({"lr_schedule": "linear"}, "constant, step, cosine"),
+        ({"lr_gamma": 0.0}, r"--lr-gamma must be in \(0, 1\]"),
+        ({"lr_gamma": 1.5}, "--lr-gamma"),
+        ({"patience": -1}, "--patience must be >= 0"),
+        ({"patience": 2, "val_fraction": 0.0}, "--patience needs a validation split"),
+        ({"precision": "fp8"}, "fp32, bf16, fp16"),
+        ({"optimizer": "lbfgs"}, "sgd, adadelta, adagrad, rmsprop, adam, adamax"),
+        ({"activation": "swish"}, "relu, tanh"),
+        ({"model": "resnet18", "activation": "tanh"}, "lenet5 only"),
+        ({"dataset": "cifar"}, "mnist, fashion-mnist, digits"),
+    ],
+)
+def test_invalid_config_values_are_named(values, message):
+    with pytest.raises(ConfigError, match=message):
+        TrialConfig(**values)
+
+
+def test_momentum_is_accepted_for_sgd_and_rmsprop():
+    assert TrialConfig(optimizer="sgd", momentum=0.9).momentum == 0.9
+    assert TrialConfig(optimizer="rmsprop", momentum=0.0).momentum == 0.0
+
+
+def test_from_dict_rejects_unknown_keys_and_wrong_types():
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
+        from_dict({"learning_rate": 0.1})
+    with pytest.raises(ConfigError, match="epochs must be int"):
+        from_dict({"epochs": "three"})
+    with pytest.raises(ConfigError, match="split_seed must be int"):
+        from_dict({"split_seed": 1.5})
+    assert from_dict({"lr": 1}).lr == 1.0
+    assert from_dict({"optimizer": "sgd", "momentum": 0}).momentum == 0.0
+
+
+def test_config_round_trips_through_dict():
+    config = TrialConfig(dataset="digits", variant="classic", lr=0.02)
+    assert from_dict(config.to_dict()) == config
+    classic = LENET_VARIANTS["classic"]  # the variant's defaults are resolved into the record
+    assert (config.activation, config.pooling) == (classic["activation"], classic["pooling"])
+    scheduled = TrialConfig(
+        optimizer="sgd", momentum=0.5, lr_schedule="cosine", patience=3, precision="bf16", split_seed=4
+    )
+    assert from_dict(scheduled.to_dict()) == scheduled
+    assert scheduled.replace(momentum=None, optimizer="adam").momentum is None
+
+
+def test_every_field_carries_help_for_its_cli_flag():
+    fields = {f.name: f for f in dataclasses.fields(TrialConfig)}
+    assert set(FIELD_NAMES) == set(fields)
+    for name, f in fields.items():
+        assert f.metadata["help"].strip(), name
+    assert fields["lr_schedule"].metadata["choices"] == ("constant", "step", "cosine")
+    assert fields["precision"].metadata["choices"] == ("fp32", "bf16", "fp16")
+    assert (
+        "split" in fields["split_seed"].metadata["help"] and "--seed" in fields["split_seed"].metadata["help"]
+    )
+
+
+def test_field_types_unwrap_optional_fields():
+    types_ = field_types()
+    assert types_["momentum"] is float and types_["weight_decay"] is float
+    assert types_["split_seed"] is int and types_["patience"] is int and types_["precision"] is str
