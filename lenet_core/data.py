@@ -5,16 +5,25 @@ A dataset is four numpy arrays (uint8 images of shape (N, 28, 28), int64 labels 
 hand them to every trial zero-copy; ``torch.from_numpy`` views them on the training side.
 Batches are drawn by index and normalized per batch (uint8 -> float on the fly), so no
 float copy of the dataset is ever made and no per-sample DataLoader sits in the hot path.
+
+Decoding the gzip IDX files and hashing them costs about two seconds for Fashion-MNIST, in every
+process that loads it. So the decoded arrays are kept as ``.npy`` files under
+``<cache dir>/decoded/`` with their checksum and pixel statistics in a JSON beside them, keyed by
+the source files' paths, sizes and mtimes; a warm load memory-maps them read-only instead.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
+import shutil
 import struct
+import tempfile
 import warnings
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +45,12 @@ IDX_FILES = {
 }
 IMAGE_SIDE = 28  # pixels; every dataset here is brought to 28x28
 IDX_UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST-style files use
+
+# Decoded-array cache: <cache dir>/decoded/<name>-<paths hash>-<stats hash>/{<array>.npy, meta.json}.
+DECODED_FOLDER = "decoded"
+DECODED_FORMAT = 1  # bump when an entry's layout changes: older entries then never match
+DECODED_META = "meta.json"
+ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")  # ImageData fields
 
 MAX_ROTATION_DEGREES = 15.0
 BLUR_KERNEL = 5  # pixels, square
@@ -75,31 +90,37 @@ def load_dataset(
     data_dir: str | Path | None = None,
     download: bool = True,
     cache_dir: Path | None = None,
+    decoded_cache: bool = True,
 ) -> ImageData:
     """Load a dataset by name into memory.
 
     ``data_dir`` may be a torchvision root (``<dir>/MNIST/raw/*``) or a folder holding the four
     IDX files directly, gzip-compressed or not. It is only ever read. Without it, the cache and
     the system copies are searched, and then torchvision downloads into the cache.
+
+    ``cache_dir`` (default :func:`default_cache_dir`) receives downloads and, unless
+    ``decoded_cache`` is False, the decoded arrays of IDX datasets (see :func:`load_idx_files`).
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if name == "digits":
-        return _load_digits()
+        return _load_digits()  # generated in a few milliseconds: nothing to cache
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    decoded_dir = cache / DECODED_FOLDER if decoded_cache else None
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
             raise DataError(f"data folder {folder} does not exist or is not a folder")
-        return _load_idx_dataset(name, find_idx_files(name, folder, required=True))
-    cache = cache_dir if cache_dir is not None else default_cache_dir()
+        files = find_idx_files(name, folder, required=True)
+        return load_idx_files(name, files, decoded_dir=decoded_dir)
     for folder in (cache, *SYSTEM_COPIES.get(name, ())):
         files = find_idx_files(name, folder, required=False)
         if files is not None:
-            return _load_idx_dataset(name, files)
+            return load_idx_files(name, files, decoded_dir=decoded_dir)
     if not download:
         raise DataError(_offline_message(name, cache, "downloads are disabled"))
     _download_with_torchvision(name, cache)
-    return _load_idx_dataset(name, find_idx_files(name, cache, required=True))
+    return load_idx_files(name, find_idx_files(name, cache, required=True), decoded_dir=decoded_dir)
 
 
 def _offline_message(name: str, cache: Path, why: str) -> str:
@@ -189,17 +210,136 @@ def _checked_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np
     return images, labels.astype(np.int64)
 
 
-def _load_idx_dataset(name: str, files: dict[str, Path]) -> ImageData:
+def load_idx_files(name: str, files: dict[str, Path], *, decoded_dir: Path | None) -> ImageData:
+    """Load the four IDX ``files`` (keys of ``IDX_FILES``), through the decoded cache when given.
+
+    A hit memory-maps the cached arrays read-only and takes checksum, mean and std from its JSON:
+    no decompression, no hashing. A miss decodes, then stores an entry for the next process. The
+    cache is skipped when ``decoded_dir`` is None or lies inside a folder holding the sources
+    (the data folder is only ever read), and failing to write it never fails the load.
+    """
+    source = str(files["train_images"].parent)
+    if decoded_dir is None or _inside_data_folder(decoded_dir, files):
+        return _decode_idx_files(name, files, source=source)
+    stats = _source_stats(files)
+    entry = decoded_dir / _entry_name(name, stats)
+    cached = _read_entry(entry, name=name, stats=stats, source=source)
+    if cached is not None:
+        return cached
+    data = _decode_idx_files(name, files, source=source)
+    if _source_stats(files) == stats:  # unchanged while we read it: the key describes the content
+        _write_entry(entry, data=data, stats=stats)
+    return data
+
+
+def _decode_idx_files(name: str, files: dict[str, Path], *, source: str) -> ImageData:
     train_images, train_labels = _checked_split(files["train_images"], files["train_labels"])
     test_images, test_labels = _checked_split(files["test_images"], files["test_labels"])
-    return _make_image_data(
-        name,
-        train_images,
-        train_labels,
-        test_images,
-        test_labels,
-        source=str(files["train_images"].parent),
-    )
+    return _make_image_data(name, train_images, train_labels, test_images, test_labels, source=source)
+
+
+# --------------------------------------------------------------------------- decoded cache
+
+
+def _inside_data_folder(decoded_dir: Path, files: dict[str, Path]) -> bool:
+    decoded = decoded_dir.expanduser().resolve()
+    return any(decoded.is_relative_to(path.resolve().parent) for path in files.values())
+
+
+def _source_stats(files: dict[str, Path]) -> list[dict[str, str | int]]:
+    """What identifies the sources' content without reading it: resolved path, size, mtime."""
+    stats: list[dict[str, str | int]] = []
+    for role in IDX_FILES:
+        path = files[role].resolve()
+        status = path.stat()
+        stats.append(
+            {"role": role, "path": str(path), "size": status.st_size, "mtime_ns": status.st_mtime_ns}
+        )
+    return stats
+
+
+def _short_hash(value: object) -> str:
+    # A folder name, not a checksum: blake2b keeps it apart from the data's sha256.
+    return hashlib.blake2b(json.dumps(value, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def _entry_prefix(name: str, stats: list[dict[str, str | int]]) -> str:
+    """Shared by every entry of the same source files, whatever their size and mtime."""
+    return f"{name}-{_short_hash([stat['path'] for stat in stats])}-"
+
+
+def _entry_name(name: str, stats: list[dict[str, str | int]]) -> str:
+    return _entry_prefix(name, stats) + _short_hash([DECODED_FORMAT, name, stats])
+
+
+def _read_entry(
+    entry: Path, *, name: str, stats: list[dict[str, str | int]], source: str
+) -> ImageData | None:
+    """The cached dataset, or None when the entry is missing, stale or damaged."""
+    if not entry.is_dir():
+        return None
+    try:
+        meta = json.loads((entry / DECODED_META).read_text())
+        if (meta["format"], meta["name"], meta["sources"]) != (DECODED_FORMAT, name, stats):
+            raise ValueError("entry describes other sources")
+        maps = [np.load(entry / f"{array}.npy", mmap_mode="r", allow_pickle=False) for array in ARRAY_NAMES]
+        if [[list(m.shape), m.dtype.str] for m in maps] != meta["arrays"]:
+            raise ValueError("arrays differ from their description")
+        # Plain ndarray views of the maps (which they keep open): Ray pickles a plain array's
+        # buffer out of band, zero-copy, but copies an np.memmap subclass in band.
+        arrays = [m.view(np.ndarray) for m in maps]
+        summary = (str(meta["checksum"]), float(meta["mean"]), float(meta["std"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        # Published entries are complete, so this one is damaged: drop it to make room.
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    checksum, mean, std = summary
+    return _freeze(name, arrays, source=source, checksum=checksum, mean=mean, std=std)
+
+
+def _write_entry(entry: Path, *, data: ImageData, stats: list[dict[str, str | int]]) -> None:
+    """Publish ``data`` at ``entry`` atomically (temp folder + os.replace); best effort only."""
+    arrays = [getattr(data, array) for array in ARRAY_NAMES]
+    meta = {
+        "format": DECODED_FORMAT,
+        "name": data.name,
+        "sources": stats,
+        "checksum": data.checksum,
+        "mean": data.mean,  # json writes repr(float): the value round-trips exactly
+        "std": data.std,
+        "arrays": [[list(a.shape), a.dtype.str] for a in arrays],
+    }
+    temp: Path | None = None
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+        for array_name, array in zip(ARRAY_NAMES, arrays, strict=True):
+            _write_synced(temp / f"{array_name}.npy", lambda f, a=array: np.save(f, a, allow_pickle=False))
+        _write_synced(temp / DECODED_META, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        os.replace(temp, entry)  # fails when another process published this entry first: fine
+        temp = None
+        _drop_stale_entries(entry)
+    except OSError:
+        pass  # unwritable or full cache dir: the data is loaded all the same
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _write_synced(path: Path, write: Callable[..., object]) -> None:
+    # fsync before the folder is renamed into place, so even a power cut leaves no half entry.
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _drop_stale_entries(entry: Path) -> None:
+    """Remove entries of the same source files at an older size/mtime (they can never match)."""
+    prefix = entry.name[: entry.name.rindex("-") + 1]
+    for other in entry.parent.iterdir():
+        if other.name.startswith(prefix) and other.name != entry.name:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 DIGITS_TEST_FRACTION = 0.2
@@ -248,19 +388,30 @@ def _make_image_data(
     digest = hashlib.sha256()
     for array in arrays:
         digest.update(array.tobytes())
-    for array in arrays:
-        array.setflags(write=False)
     pixels = arrays[0].reshape(-1).astype(np.float64) / 255.0 if arrays[0].size else np.zeros(1)
-    return ImageData(
-        name=name,
-        train_images=arrays[0],
-        train_labels=arrays[1],
-        test_images=arrays[2],
-        test_labels=arrays[3],
+    return _freeze(
+        name,
+        arrays,
         source=source,
         checksum=digest.hexdigest(),
         mean=float(pixels.mean()),
         std=float(pixels.std()) or 1.0,
+    )
+
+
+def _freeze(
+    name: str, arrays: Sequence[np.ndarray], *, source: str, checksum: str, mean: float, std: float
+) -> ImageData:
+    """ImageData over ``arrays`` (in ARRAY_NAMES order), made read-only."""
+    for array in arrays:
+        array.setflags(write=False)
+    return ImageData(
+        name=name,
+        **dict(zip(ARRAY_NAMES, arrays, strict=True)),
+        source=source,
+        checksum=checksum,
+        mean=mean,
+        std=std,
     )
 
 
@@ -323,10 +474,10 @@ def normalize_(x: torch.Tensor, *, mean: float, std: float) -> torch.Tensor:
 
 def augment_batch(x: torch.Tensor, *, kind: str, generator: torch.Generator) -> torch.Tensor:
     """Seeded batched augmentation of a (B, 1, H, W) batch in [0, 1] (zero is background)."""
-    if kind in ("rotate", "both"):
-        x = _random_rotation(x, generator)
-    if kind in ("blur", "both"):
-        x = _random_blur(x, generator)
+    if kind not in AUGMENTATION_STEPS:
+        raise ValueError(f"unknown augmentation {kind!r}; choose one of: {', '.join(AUGMENTATION_STEPS)}")
+    for step in AUGMENTATION_STEPS[kind]:
+        x = step(x, generator)
     return x
 
 
@@ -350,3 +501,20 @@ def _random_blur(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     blurred = gaussian_blur(x, kernel_size=[BLUR_KERNEL, BLUR_KERNEL], sigma=[sigma, sigma])
     chosen = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
     return torch.where(chosen, blurred, x)
+
+
+def _random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # Mirror left-right (the W axis of (B, 1, H, W)) a random half: one fair coin per image.
+    # A shirt mirrored is still a shirt; a mirrored 2 is no digit, so this suits Fashion-MNIST.
+    chosen = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(chosen, x.flip(-1), x)
+
+
+# The steps of each name in names.AUGMENTATIONS, applied in order ("both" = rotate, then blur).
+AUGMENTATION_STEPS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], torch.Tensor], ...]] = {
+    "none": (),
+    "blur": (_random_blur,),
+    "rotate": (_random_rotation,),
+    "both": (_random_rotation, _random_blur),
+    "flip": (_random_flip,),
+}

@@ -1,5 +1,8 @@
 import gzip
+import hashlib
+import json
 import os
+import pickle
 import stat
 
 import numpy as np
@@ -7,7 +10,9 @@ import pytest
 import torch
 import torchvision.datasets
 
+import lenet_core.data
 from lenet_core.data import (
+    AUGMENTATION_STEPS,
     augment_batch,
     bootstrap_indices,
     load_dataset,
@@ -16,8 +21,17 @@ from lenet_core.data import (
     stratified_subset,
 )
 from lenet_core.errors import DataError
+from lenet_core.names import AUGMENTATIONS
 
 from .conftest import SHARED_MNIST, idx_bytes, write_idx_set
+
+ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+@pytest.fixture(autouse=True)
+def default_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Loads without cache_dir fill $LENET_STUDY_DATA: keep that out of ~/.cache and out of tmp_path."""
+    monkeypatch.setenv("LENET_STUDY_DATA", str(tmp_path_factory.mktemp("default-cache")))
 
 
 def test_digits_are_28x28_uint8_with_a_fixed_split(digits):
@@ -208,10 +222,179 @@ def test_fractional_subsets_are_seeded_and_nested_in_size(digits, denominator):
     assert len(np.unique(subset)) == len(subset)
 
 
-@pytest.mark.parametrize("kind", ["none", "blur", "rotate", "both"])
+@pytest.mark.parametrize("kind", AUGMENTATIONS)
 def test_augmentations_are_batched_seeded_and_shape_preserving(digits, kind):
     x = torch.from_numpy(digits.train_images[:16].copy()).unsqueeze(1).float() / 255
     a = augment_batch(x, kind=kind, generator=torch.Generator().manual_seed(0))
     b = augment_batch(x, kind=kind, generator=torch.Generator().manual_seed(0))
     assert a.shape == x.shape and torch.equal(a, b)
     assert torch.equal(a, x) == (kind == "none")
+
+
+def test_augmentation_table_matches_the_names_users_type():
+    assert tuple(AUGMENTATION_STEPS) == AUGMENTATIONS
+    with pytest.raises(ValueError, match="unknown augmentation 'mirror'"):
+        augment_batch(torch.zeros(2, 1, 28, 28), kind="mirror", generator=torch.Generator())
+
+
+def _flipped_rows(x: torch.Tensor, out: torch.Tensor) -> list[int]:
+    """Indices of images mirrored left-right; fails if any image is neither itself nor mirrored."""
+    flipped = []
+    for i in range(len(x)):
+        if torch.equal(out[i], x[i].flip(-1)):
+            flipped.append(i)
+        else:
+            assert torch.equal(out[i], x[i]), f"image {i} is neither unchanged nor mirrored left-right"
+    return flipped
+
+
+def test_flip_mirrors_a_seeded_random_half_left_right_and_nothing_else():
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(9))  # no image is symmetric
+    out = augment_batch(x, kind="flip", generator=torch.Generator().manual_seed(0))
+    chosen = _flipped_rows(x, out)
+    assert 16 <= len(chosen) <= 48  # a fair coin per image: about half
+    assert all(not torch.equal(out[i], x[i].flip(-2)) for i in chosen)  # horizontal, not vertical
+    again = augment_batch(x, kind="flip", generator=torch.Generator().manual_seed(0))
+    other = augment_batch(x, kind="flip", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    assert _flipped_rows(x, other) != chosen
+
+
+def test_both_is_rotation_then_blur_from_one_generator(digits):
+    x = torch.from_numpy(digits.train_images[:8].copy()).unsqueeze(1).float() / 255
+    both = augment_batch(x, kind="both", generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    rotated = augment_batch(x, kind="rotate", generator=generator)
+    assert torch.equal(both, augment_batch(rotated, kind="blur", generator=generator))
+
+
+# ----------------------------------------------------------------- decoded-array cache
+
+
+def _entries(cache):
+    folder = cache / "decoded"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _assert_same_data(a, b):
+    for array in ARRAYS:
+        assert np.array_equal(getattr(a, array), getattr(b, array))
+        assert getattr(a, array).dtype == getattr(b, array).dtype
+    assert (a.checksum, a.mean, a.std, a.source, a.name) == (b.checksum, b.mean, b.std, b.source, b.name)
+
+
+def test_warm_load_is_memory_mapped_and_equals_the_cold_and_uncached_loads(tmp_path):
+    write_idx_set(tmp_path / "data", gz=True)
+    cache = tmp_path / "cache"
+    cold = load_dataset("fashion-mnist", data_dir=tmp_path / "data", cache_dir=cache)
+    assert len(_entries(cache)) == 1
+    warm = load_dataset("fashion-mnist", data_dir=tmp_path / "data", cache_dir=cache)
+    uncached = load_dataset("fashion-mnist", data_dir=tmp_path / "data", decoded_cache=False)
+    _assert_same_data(warm, cold)
+    _assert_same_data(warm, uncached)
+    expected = hashlib.sha256(b"".join(getattr(warm, a).tobytes() for a in ARRAYS)).hexdigest()
+    assert warm.checksum == expected
+    for array in ARRAYS:
+        view = getattr(warm, array)
+        assert isinstance(view.base, np.memmap)  # backed by the .npy file, not a private copy
+        assert not view.flags.writeable
+        # A plain ndarray, so protocol-5 pickling (Ray's) passes its buffer out of band, zero-copy.
+        buffers = []
+        pickle.dumps(view, protocol=5, buffer_callback=buffers.append)
+        assert type(view) is np.ndarray and len(buffers) == 1
+
+
+def test_warm_load_neither_decompresses_nor_hashes_nor_recomputes(tmp_path, monkeypatch):
+    write_idx_set(tmp_path / "data", gz=True)
+    cache = tmp_path / "cache"
+    cold = load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=cache)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a warm load must not decode or hash the sources")
+
+    monkeypatch.setattr(lenet_core.data, "read_idx", forbidden)
+    monkeypatch.setattr(gzip, "decompress", forbidden)
+    monkeypatch.setattr(hashlib, "sha256", forbidden)
+    _assert_same_data(load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=cache), cold)
+
+    # Checksum and statistics come from the JSON beside the arrays, not from the pixels.
+    (entry,) = _entries(cache)
+    meta_path = cache / "decoded" / entry / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(checksum="f" * 64, mean=0.125, std=0.5)
+    meta_path.write_text(json.dumps(meta))
+    warm = load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=cache)
+    assert (warm.checksum, warm.mean, warm.std) == ("f" * 64, 0.125, 0.5)
+
+
+@pytest.mark.parametrize("n_train", [40, 30], ids=["same size, new mtime", "new size"])
+def test_changed_source_file_invalidates_the_cache(tmp_path, n_train):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    write_idx_set(data, seed=1)
+    first = load_dataset("mnist", data_dir=data, cache_dir=cache)
+    old_entries = _entries(cache)
+    source = data / "train-images-idx3-ubyte"
+    mtime = source.stat().st_mtime_ns
+    arrays = write_idx_set(data, seed=2, n_train=n_train)
+    os.utime(source, ns=(mtime + 10**9, mtime + 10**9))  # coarse file-system clocks: force a change
+    second = load_dataset("mnist", data_dir=data, cache_dir=cache)
+    assert np.array_equal(second.train_images, arrays["train-images-idx3-ubyte"])
+    assert second.checksum != first.checksum
+    _assert_same_data(second, load_dataset("mnist", data_dir=data, decoded_cache=False))
+    assert len(_entries(cache)) == 1 and _entries(cache) != old_entries  # the stale entry is gone
+    _assert_same_data(load_dataset("mnist", data_dir=data, cache_dir=cache), second)
+
+
+def test_cache_is_never_written_into_the_data_folder(tmp_path):
+    data = tmp_path / "data"
+    write_idx_set(data / "MNIST" / "raw", gz=True)
+    before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
+    os.chmod(data / "MNIST" / "raw", stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        load_dataset("mnist", data_dir=data, cache_dir=tmp_path / "cache")
+        # A cache dir holding the IDX files flat (copied straight into it) is a data folder too.
+        load_dataset("mnist", cache_dir=data / "MNIST" / "raw", download=False)
+    finally:
+        os.chmod(data / "MNIST" / "raw", stat.S_IRWXU)
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before
+    assert len(_entries(tmp_path / "cache")) == 1
+
+
+def test_unusable_cache_dir_still_loads(tmp_path):
+    write_idx_set(tmp_path / "data")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache dir should be")  # unwritable even for root
+    data = load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=blocker)
+    _assert_same_data(data, load_dataset("mnist", data_dir=tmp_path / "data", decoded_cache=False))
+    assert blocker.read_text() == "a file where the cache dir should be"
+
+
+def test_failed_cache_write_leaves_no_half_entry(tmp_path, monkeypatch):
+    write_idx_set(tmp_path / "data")
+    cache = tmp_path / "cache"
+    real_save = np.save
+    calls = []
+
+    def disk_full_on_second_array(file, array, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_save(file, array, **kwargs)
+
+    monkeypatch.setattr(np, "save", disk_full_on_second_array)
+    data = load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=cache)
+    assert len(calls) == 2 and list((cache / "decoded").iterdir()) == []  # no entry, no temp folder
+    monkeypatch.setattr(np, "save", real_save)
+    _assert_same_data(load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=cache), data)
+    assert len(_entries(cache)) == 1
+
+
+def test_damaged_entry_is_rebuilt_from_the_sources(tmp_path):
+    write_idx_set(tmp_path / "data")
+    cache = tmp_path / "cache"
+    cold = load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=cache)
+    (entry,) = _entries(cache)
+    images = cache / "decoded" / entry / "train_images.npy"
+    images.write_bytes(images.read_bytes()[:-500])
+    _assert_same_data(load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=cache), cold)
+    assert _entries(cache) == [entry] and images.stat().st_size > 40 * 28 * 28  # repaired
