@@ -421,17 +421,25 @@ def _freeze(
 def stratified_split(
     labels: np.ndarray, *, held_out_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split keeping class proportions: (kept indices, held-out indices), both sorted."""
+    """Seeded split keeping class proportions (scikit-learn's stratified shuffle): (kept indices,
+    held-out indices), both sorted."""
+    from sklearn.model_selection import train_test_split
+
     if not 0.0 <= held_out_fraction < 1.0:
         raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
-    rng = np.random.default_rng(seed)
-    kept, held = [], []
-    for cls in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == cls))
-        n_held = round(len(members) * held_out_fraction)
-        held.append(members[:n_held])
-        kept.append(members[n_held:])
-    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+    everything = np.arange(len(labels))
+    if held_out_fraction == 0.0:
+        return everything, np.empty(0, dtype=np.int64)
+    try:
+        kept, held = train_test_split(
+            everything, test_size=held_out_fraction, stratify=labels, random_state=seed, shuffle=True
+        )
+    except ValueError as exc:  # too few images for every class on both sides
+        raise DataError(
+            f"cannot split {len(labels)} images {1 - held_out_fraction:g}/{held_out_fraction:g} "
+            f"keeping every class on both sides ({exc})"
+        ) from exc
+    return np.sort(kept), np.sort(held)
 
 
 def stratified_subset(labels: np.ndarray, *, fraction: float, seed: int) -> np.ndarray:

@@ -158,6 +158,15 @@ def tune(
     scheduler: Annotated[
         str, typer.Option(help="Early stopping: asha (grace period 1 epoch) or none.")
     ] = "asha",
+    time_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--time-budget",
+            help="Wall-time limit, e.g. 90s, 30m, 1h, 1h30m (a plain number is seconds). Once spent, "
+            "no trial starts and running ones stop; a normal end, not an interrupt.",
+            show_default=False,
+        ),
+    ] = None,
     resume: ResumeOption = False,
     overwrite: OverwriteOption = False,
     config_file: ConfigFileOption = None,
@@ -169,16 +178,22 @@ def tune(
     """Search optimizer, lr, activation, pooling and batch size with Ray Tune + Optuna (TPE) + ASHA.
 
     A TrialConfig flag (e.g. --optimizer adam) fixes that field for every trial and removes it
-    from the search. Writes trials.parquet/csv, epochs.parquet, best.json, summary.md and
-    figures to OUT/NAME/tune/.
+    from the search. Writes trials.parquet/csv, epochs.parquet, best.json, summary.md, figures,
+    run.json (with why the study stopped) and the Optuna study optuna.db to OUT/NAME/tune/
+    (optuna-dashboard sqlite:///OUT/NAME/tune/optuna.db).
     """
     from lenet_core.data import load_dataset
     from study.common.console import print_table
-    from study.tune.run import TuneSettings, run_study
+    from study.tune.optuna_store import OPTUNA_FILE, storage_url
+    from study.tune.run import TuneSettings, parse_duration, run_study
     from study.tune.space import default_space, load_space, split_base_and_space
     from study.tune.tables import status_counts
 
-    settings = TuneSettings(trials=trials, scheduler=scheduler)
+    settings = TuneSettings(
+        trials=trials,
+        scheduler=scheduler,
+        time_budget_s=parse_duration(time_budget) if time_budget is not None else None,
+    )
     if resume and not name:
         raise StudyError("--resume needs the --name of the study to continue")
     space = load_space(space_file) if space_file else default_space()
@@ -203,6 +218,7 @@ def tune(
     shown = [c for c in ["trial", *space.params, "status", "best_val_acc", "test_acc"] if c in top]
     print_table(top[shown], "top trials by best validation accuracy (test accuracy: — for pruned)")
     say(f"results -> {folder}")
+    say(f"Optuna study {folder.parent.name!r}: optuna-dashboard {storage_url(folder / OPTUNA_FILE)}")
 
 
 @app.command()
@@ -211,7 +227,18 @@ def tune(
 @trial_config_flags(exclude=("threads",))
 def ensemble(
     *,
-    members: Annotated[int, typer.Option(help="Bagged LeNet members (>= 2 for a vote).")] = 5,
+    members: Annotated[int, typer.Option(help="LeNet members per ensemble (>= 2 for a vote).")] = 5,
+    repeats: Annotated[
+        int,
+        typer.Option(help="Independent ensembles with disjoint seeds; every row gets mean and 95% interval."),
+    ] = 1,
+    resample: Annotated[
+        str,
+        typer.Option(
+            help="bootstrap: also a bagged ensemble beside the seed ensemble (same seeds); none: seed "
+            "ensemble and single model only."
+        ),
+    ] = "bootstrap",
     from_dir: Annotated[
         Path | None,
         typer.Option(
@@ -231,6 +258,14 @@ def ensemble(
             help="ResNet baseline on the full training split: resnet18, resnet34, resnet50 or none.",
         ),
     ] = "resnet18",
+    resnet_precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Precision of the ResNet alone (fp32, bf16, fp16); bf16 pays for ResNets on CPUs with "
+            "AVX-512 bf16. Default: the members' --precision.",
+            show_default=False,
+        ),
+    ] = None,
     resume: ResumeOption = False,
     overwrite: OverwriteOption = False,
     config_file: ConfigFileOption = None,
@@ -239,14 +274,15 @@ def ensemble(
     cluster: ClusterOptions,
     overrides: dict[str, Any],
 ) -> None:
-    """Bagged LeNet-5 members against a ResNet: hard and soft vote, significance, error analysis.
+    """LeNet-5 ensembles against fair baselines: seed ensemble, bagged ensemble, single model, ResNet.
 
-    Members use the best tuned config (--from or --config), or the flags' config. A re-run with
-    the same --name and --resume reuses the members already trained. Writes comparison, predictions,
-    per-class errors and figures to OUT/NAME/ensemble/.
+    All share one train/validation split (--split-seed). Members use the best tuned config (--from
+    or --config), or the flags' config. --resume reuses the members already trained. Writes the
+    comparison (intervals, calibration), McNemar tests, predictions, per-class errors and figures
+    to OUT/NAME/ensemble/.
     """
     from lenet_core.data import load_dataset
-    from study.ensemble.run import config_from_best, find_best_json, run_ensemble, top_k_configs
+    from study.ensemble.run import EnsemblePlan, config_from_best, find_best_json, run_ensemble, top_k_configs
 
     if members < 2:
         raise StudyError(f"--members must be >= 2 for a vote, got {members}")
@@ -264,11 +300,14 @@ def ensemble(
     if any(c.model != "lenet5" for c in configs):
         raise StudyError("ensemble members are LeNet-5; use --resnet for the ResNet baseline")
     data = load_dataset(base.dataset, data_dir=base.data_dir)
+    plan = EnsemblePlan(
+        members=members, repeats=repeats, resample=resample, resnet=resnet, resnet_precision=resnet_precision
+    )
+    plan.specs(configs, base)  # bad --members, --repeats, --resample, --resnet: before loading data
     run_ensemble(
         configs,
         base=base,
-        members=members,
-        resnet=resnet,
+        plan=plan,
         data=data,
         cluster=cluster,
         out=out,

@@ -30,7 +30,16 @@ KEYS = {
     "sweep": {"kind", "description", "seeds", "curve", "fixed", "sweep"},
     "data-fraction": {"kind", "description", "seeds", "fixed", "fractions"},
     "tune": {"kind", "description", "trials", "fixed", "space"},
-    "ensemble": {"kind", "description", "members", "resnet", "fixed"},
+    "ensemble": {
+        "kind",
+        "description",
+        "members",
+        "repeats",
+        "resample",
+        "resnet",
+        "resnet_precision",
+        "fixed",
+    },
 }
 SMOKE = {"epochs": 1, "seeds": 1, "trials": 2, "members": 2}
 
@@ -48,7 +57,10 @@ class Experiment:
     trials: int = 20
     space: dict[str, Any] = field(default_factory=dict)
     members: int = 5
+    repeats: int = 1
+    resample: str = "bootstrap"
     resnet: str = "resnet18"
+    resnet_precision: str = ""  # "": the members' precision
 
     def smoke(self) -> Experiment:
         """The same experiment cut to the minimum: 1 epoch, 1 seed, 2 trials or members."""
@@ -58,6 +70,7 @@ class Experiment:
             seeds=SMOKE["seeds"],
             trials=min(self.trials, SMOKE["trials"]),
             members=min(self.members, SMOKE["members"]),
+            repeats=1,
         )
 
     def with_overrides(self, overrides: dict[str, Any]) -> Experiment:
@@ -72,8 +85,24 @@ class Experiment:
         for swept in self.sweep:
             if swept in self.fixed:
                 raise ConfigError(f"{where}: {swept!r} is both fixed and swept")
-        self.base_config()
+        base = self.base_config()
         self.configs()  # building every run's TrialConfig validates every swept value
+        if self.kind == "ensemble":
+            try:
+                self.ensemble_plan().specs([base], base)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+
+    def ensemble_plan(self) -> Any:
+        from study.ensemble.run import EnsemblePlan
+
+        return EnsemblePlan(
+            members=self.members,
+            repeats=self.repeats,
+            resample=self.resample,
+            resnet=self.resnet,
+            resnet_precision=self.resnet_precision or None,
+        )
 
     def base_config(self) -> TrialConfig:
         return from_dict(self.fixed, source=f"{self.name}.toml [fixed]")
@@ -154,7 +183,10 @@ def _check_types(values: dict[str, Any], where: str) -> None:
         "trials": int,
         "space": dict,
         "members": int,
+        "repeats": int,
+        "resample": str,
         "resnet": str,
+        "resnet_precision": str,
     }
     for key, value in values.items():
         kind = expected[key]
@@ -216,7 +248,7 @@ def _run_ensemble(experiment: Experiment, *, data: ImageData, **run: Any) -> Non
     from study.ensemble.run import run_ensemble
 
     base = experiment.base_config()
-    run_ensemble([base], base=base, members=experiment.members, resnet=experiment.resnet, data=data, **run)
+    run_ensemble([base], base=base, plan=experiment.ensemble_plan(), data=data, **run)
 
 
 def _run_sweep(experiment: Experiment, *, data: ImageData, **run: Any) -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from lenet_core.errors import StudyError
 from study.common.files import read_json, write_text
+from study.sweep.tables import FAILED_STATUSES
 
 SECTIONS = ("sweep", "tune", "ensemble", "train")
 
@@ -58,33 +59,31 @@ def _provenance(folder: Path) -> list[str]:
 
 
 def sweep_section(folder: Path, root: Path) -> list[str]:
+    from study.common.stats import best_claim
+
     runs = pd.read_parquet(folder / "runs.parquet")
     summary = pd.read_parquet(folder / "summary.parquet")
     run = read_json(folder / "run.json", what="run.json") if (folder / "run.json").is_file() else {}
-    swept = [
-        c for c in summary.columns if not c.endswith(("_mean", "_std")) and c not in ("runs", "diverged")
-    ]
-    ranked = summary.sort_values("test_error_mean")
-    best, worst = ranked.iloc[0], ranked.iloc[-1]
-
-    def name(row: pd.Series) -> str:
-        return ", ".join(f"{k}={row[k]}" for k in swept)
-
-    sentences = [
-        f"{name(best)} reached the lowest mean test error, {_pct(best['test_error_mean'])} over "
-        f"{int(best['runs'])} run(s); {name(worst)} the highest, {_pct(worst['test_error_mean'])}.",
-    ]
-    diverged = runs[runs["status"] == "diverged"]
-    if len(diverged):
-        labels = sorted({", ".join(f"{k}={r[k]}" for k in swept) for _, r in diverged.iterrows()})
-        sentences.append(f"{len(diverged)} of {len(runs)} runs diverged: {'; '.join(labels)}.")
+    swept = list(summary.columns[: list(summary.columns).index("n")])
+    stats = summary.rename(columns={"test_error_mean": "mean", "test_error_std": "std"})
+    stats.attrs.update({"by": swept, "metric": "test_error", "lower_is_better": True})
+    sentences = [best_claim(stats)]
+    failed = runs[runs["status"].isin(FAILED_STATUSES)]
+    if len(failed):
+        labels = sorted(
+            {", ".join(f"{k}={r[k]}" for k in swept) + f" ({r['status']})" for _, r in failed.iterrows()}
+        )
+        sentences.append(
+            f"{len(failed)} of {len(runs)} runs failed and are left out of every mean: {'; '.join(labels)}."
+        )
     else:
-        sentences.append(f"None of the {len(runs)} runs diverged.")
-    if "train_fraction" in swept and len(summary) > 1:
-        sizes = runs.groupby("train_images")["test_error"].mean()
+        sentences.append(f"None of the {len(runs)} runs diverged or collapsed.")
+    ok = runs[~runs["status"].isin(FAILED_STATUSES)]
+    if "train_fraction" in swept and ok["train_images"].nunique() > 1:
+        sizes = ok.groupby("train_images")["test_error"].mean()
         slope = np.polyfit(np.log(sizes.index), np.log(sizes.clip(lower=1e-6).values), 1)[0]
         sentences.append(
-            f"Test error fell from {_pct(sizes.iloc[0])} with {sizes.index[0]} training examples to "
+            f"Mean test error fell from {_pct(sizes.iloc[0])} with {sizes.index[0]} training examples to "
             f"{_pct(sizes.iloc[-1])} with {sizes.index[-1]}, a log-log slope of {slope:.2f}."
         )
     title = run.get("description") or folder.name
@@ -93,7 +92,7 @@ def sweep_section(folder: Path, root: Path) -> list[str]:
         "",
         *sentences,
         "",
-        "### Mean and standard deviation over seeds",
+        "### Test error by condition (ok runs: mean, 95% t-interval; paired t-test vs the best, Holm)",
         "",
         _md(summary),
         "",
@@ -110,19 +109,27 @@ def tune_section(folder: Path, root: Path) -> list[str]:
     if best_path.is_file():
         best = read_json(best_path, what="best.json")
         config, metrics = best["config"], best["metrics"]
-        lines.append(
-            f"The best trial ({config['optimizer']}, lr {config['lr']:.3g}, {config['activation']}, "
-            f"{config['pooling']} pooling, batch {config['batch_size']}) reached validation accuracy "
-            f"{_pct(metrics['final_val_acc'])} and test accuracy {_pct(metrics['test_acc'])}."
+        setting = (
+            f"{config['optimizer']}, lr {config['lr']:.3g}, {config['activation']}, "
+            f"{config['pooling']} pooling, batch {config['batch_size']}"
         )
+        lines.append(
+            f"The best completed trial by validation accuracy ({setting}) reached validation accuracy "
+            f"{_pct(metrics['best_val_acc'])} and test accuracy {_pct(metrics['test_acc'])}; one search "
+            "run selects it, so its margin over the runner-up is not a tested difference."
+        )
+    done = trials[trials["status"] == "completed"]
     for field in ("optimizer", "activation", "pooling", "batch_size"):
-        if field in trials and trials["final_val_acc"].notna().any():
-            means = trials.groupby(field)["final_val_acc"].mean().dropna().sort_values()
+        if field in done and done["best_val_acc"].notna().any():
+            means = done.groupby(field)["best_val_acc"].agg(["mean", "count"]).sort_values("mean")
             if len(means) > 1:
+                top, bottom = means.iloc[-1], means.iloc[0]
                 lines.append(
-                    f"By {field.replace('_', ' ')}, {means.index[-1]} had the highest mean "
-                    f"validation accuracy ({_pct(means.iloc[-1])}) and {means.index[0]} the "
-                    f"lowest ({_pct(means.iloc[0])})."
+                    f"Among completed trials, by {field.replace('_', ' ')}: {means.index[-1]} had the "
+                    f"highest mean validation accuracy ({_pct(top['mean'])}, {int(top['count'])} trials) "
+                    f"and {means.index[0]} the lowest ({_pct(bottom['mean'])}, {int(bottom['count'])} "
+                    "trials); the searcher chose these trials, so this describes the search, not a "
+                    "controlled comparison."
                 )
     summary = (folder / "summary.md").read_text() if (folder / "summary.md").is_file() else ""
     body = summary.split("\n", 1)[1] if summary.startswith("# ") else summary
@@ -131,34 +138,45 @@ def tune_section(folder: Path, root: Path) -> list[str]:
 
 def ensemble_section(folder: Path, root: Path) -> list[str]:
     comparison = pd.read_parquet(folder / "comparison.parquet")
-    diversity = read_json(folder / "diversity.json", what="diversity.json")
-    verdict = (
-        "beat" if diversity["hard_vote_test_acc"] > diversity["mean_member_test_acc"] else ("did not beat")
-    )
+    mcnemar = pd.read_parquet(folder / "mcnemar.parquet")
+    summary = read_json(folder / "diversity.json", what="diversity.json")
     lines = [
-        "## Bagged ensemble against a ResNet",
+        "## LeNet-5 ensembles against a single model and a ResNet",
         "",
-        f"The hard vote of {diversity['members']} bagged members reached "
-        f"{_pct(diversity['hard_vote_test_acc'])} test accuracy and {verdict} the mean single member "
-        f"({_pct(diversity['mean_member_test_acc'])}); the best member by validation accuracy reached "
-        f"{_pct(diversity['best_member_test_acc'])} (McNemar p = "
-        f"{diversity['mcnemar_p_hard_vote_vs_best_member']:.3g}).",
+        f"{summary['repeats']} independent ensemble(s) of {summary['members']} members, all on one "
+        "train/validation split; intervals are t-intervals over repeats (over seeds for the single "
+        "model), or Wilson's on the one test set when there is a single repeat.",
     ]
-    if diversity.get("resnet_test_acc") is not None:
-        better = "above" if diversity["hard_vote_test_acc"] > diversity["resnet_test_acc"] else "below"
+    for row in comparison.itertuples():
+        interval = f"[{_pct(row.ci95_low)}, {_pct(row.ci95_high)}]"
         lines.append(
-            f"The vote is {better} the ResNet baseline ({_pct(diversity['resnet_test_acc'])}, "
-            f"McNemar p = {diversity['mcnemar_p_hard_vote_vs_resnet']:.3g})."
+            f"- {row.model}: {_pct(row.test_acc)} test accuracy {interval} (n={row.n}, {row.interval}), "
+            f"ECE {row.ece:.3f}, {row.training_seconds:.0f} s of training."
         )
+    lines.append("")
+    for repeat, part in mcnemar.groupby("repeat"):
+        if repeat != mcnemar["repeat"].min():
+            break
+        for row in part.itertuples():
+            better = row.a if row.a_acc > row.b_acc else row.b
+            verdict = (
+                f"{better} is better (exact McNemar p = {row.mcnemar_p:.3g})"
+                if row.mcnemar_p < 0.05
+                else f"no significant difference (exact McNemar p = {row.mcnemar_p:.3g})"
+            )
+            lines.append(f"- {row.a} ({_pct(row.a_acc)}) vs {row.b} ({_pct(row.b_acc)}): {verdict}.")
+    main = summary["diversity"][summary["main_group"]]
+    oob = (
+        f"; its out-of-bag estimate is {_pct(main['ensemble_oob_acc'])}" if "ensemble_oob_acc" in main else ""
+    )
     lines.append(
-        f"Members disagree on {_pct(diversity['mean_pairwise_disagreement'])} of test images on "
-        f"average; at least one member is right on {_pct(diversity['oracle_accuracy'])}; the "
-        f"out-of-bag estimate of the vote is {_pct(diversity['ensemble_oob_acc'])}."
+        f"In the {summary['main_group']}, members disagree on {_pct(main['mean_pairwise_disagreement'])} of "
+        f"test images on average and at least one member is right on {_pct(main['oracle_accuracy'])}{oob}."
     )
     per_class = pd.read_csv(folder / "per_class.csv")
     worst = per_class.sort_values("hard_vote_error", ascending=False).head(2)
     lines.append(
-        "The vote fails most on digits "
+        "The vote fails most on classes "
         + " and ".join(f"{int(r.digit)} ({_pct(r.hard_vote_error)} error)" for r in worst.itertuples())
         + "."
     )
@@ -167,7 +185,11 @@ def ensemble_section(folder: Path, root: Path) -> list[str]:
         "",
         _md(comparison),
         "",
-        "### Error by digit",
+        "### Exact McNemar tests on the test set (every repeat)",
+        "",
+        _md(mcnemar),
+        "",
+        "### Error by class",
         "",
         _md(per_class),
         "",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,27 @@ import pytest
 from lenet_core.data import ImageData, load_dataset
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-5k"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_home_and_ray_folders(tmp_path_factory):
+    """Keep every test off the user's files and Ray cluster: a temporary HOME (Ray's auth token,
+    the data cache) and RAY_TMPDIR (Ray's sessions and sockets), restored afterwards.
+
+    Subprocesses inherit them. RAY_TMPDIR is short because Ray's socket paths must stay under
+    108 characters.
+    """
+    home = tmp_path_factory.mktemp("home")
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "LENET_STUDY_DATA")}
+    os.environ.update(HOME=str(home), RAY_TMPDIR=ray_tmp, LENET_STUDY_DATA=str(home / "data"))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

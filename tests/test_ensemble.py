@@ -1,4 +1,5 @@
-"""`study ensemble` on the 8x8 digits: bookkeeping, checkpoints, files, bad input."""
+"""`study ensemble` on the 8x8 digits: fair baselines on one split, repeats, calibration,
+checkpoints, files."""
 
 import json
 
@@ -11,116 +12,165 @@ from lenet_core.config import TrialConfig
 from lenet_core.errors import ConfigError
 from lenet_core.train import trial_split
 from study.cli import app
-from study.ensemble.run import bagging_indices, load_member, member_specs, save_member, train_member
+from study.ensemble.run import (
+    EnsemblePlan,
+    UnreadableCheckpoint,
+    bagging_indices,
+    load_member,
+    member_specs,
+    save_member,
+    train_member,
+)
 
 runner = CliRunner()
 FAST = TrialConfig(dataset="digits", epochs=1, threads=1)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_members_get_distinct_seeds_and_bootstraps(digits):
-    specs = member_specs([FAST], 3, seed=10)
-    assert [s.config.seed for s in specs] == [10, 11, 12]
-    assert [s.bootstrap_seed for s in specs] == [10, 11, 12]
+def test_seed_and_bagged_members_share_seeds_and_repeats_never_do():
+    specs = member_specs([FAST], 3, seed=10, repeats=2)
+    by_group = {
+        (s.repeat, s.group): [x.config.seed for x in specs if (x.repeat, x.group) == (s.repeat, s.group)]
+        for s in specs
+    }
+    assert by_group[(0, "seed")] == by_group[(0, "bagged")] == [10, 11, 12]
+    assert by_group[(1, "seed")] == [13, 14, 15]
+    assert [s.bootstrap_seed for s in specs if s.group == "seed"] == [None] * 6
+    assert [s.bootstrap_seed for s in specs if s.group == "bagged" and s.repeat == 0] == [10, 11, 12]
+    assert len({s.name for s in specs}) == len(specs) == 12
+    assert {s.group for s in member_specs([FAST], 3, seed=0, resample="none")} == {"seed"}
     with pytest.raises(ConfigError, match="--members must be >= 2"):
         member_specs([FAST], 1, seed=0)
+    with pytest.raises(ConfigError, match="--repeats must be >= 1"):
+        member_specs([FAST], 2, seed=0, repeats=0)
+    with pytest.raises(ConfigError, match="unknown --resample"):
+        member_specs([FAST], 2, seed=0, resample="jackknife")
+
+
+def test_every_model_shares_one_validation_split(digits):
+    plan = EnsemblePlan(members=3, repeats=2, resnet="resnet18")
+    specs = plan.specs([FAST], FAST)
+    splits = {tuple(trial_split(digits, s.config)[1]) for s in specs}
+    assert len(splits) == 1  # one validation set for every member, seed, repeat and the ResNet
+    assert {s.config.model for s in specs if s.group == "baseline"} == {"resnet18"}
+    assert len({s.config.seed for s in specs if s.group == "baseline"}) == 2
 
 
 def test_bootstrap_bookkeeping_keeps_validation_out_and_oob_exact(digits):
-    spec = member_specs([FAST], 2, seed=0)[1]
+    spec = [s for s in member_specs([FAST], 2, seed=0) if s.group == "bagged"][1]
     in_bag, oob = bagging_indices(spec, digits)
     train_idx, val_idx = trial_split(digits, spec.config)
     assert len(in_bag) == len(train_idx)  # same size, drawn with replacement
     assert set(in_bag) <= set(train_idx) and not set(in_bag) & set(val_idx)
     assert set(oob) == set(train_idx) - set(in_bag)
-    again, _ = bagging_indices(spec, digits)
-    assert np.array_equal(in_bag, again)
+    seed_member = [s for s in member_specs([FAST], 2, seed=0) if s.group == "seed"][1]
+    assert bagging_indices(seed_member, digits)[0] is None  # the full split
 
 
 def test_heterogeneous_members_cycle_over_configs():
     configs = [FAST, FAST.replace(lr=0.01)]
-    assert [s.config.lr for s in member_specs(configs, 3, seed=0)] == [1e-3, 0.01, 1e-3]
+    specs = member_specs(configs, 3, seed=0, resample="none")
+    assert [s.config.lr for s in specs] == [1e-3, 0.01, 1e-3]
 
 
-def test_member_checkpoint_round_trip_and_mismatch(digits, tmp_path):
+def test_member_checkpoint_round_trip_mismatch_and_damage(digits, tmp_path):
     spec = member_specs([FAST], 2, seed=0)[0]
     output = train_member(spec, digits)
     assert output.test_proba.shape == (len(digits.test_labels), 10)
-    assert len(output.oob_idx) == len(output.oob_proba) > 0
     save_member(output, tmp_path)
     loaded = load_member(spec, tmp_path)
     assert loaded is not None
     assert np.array_equal(loaded.test_proba, output.test_proba)
-    assert np.array_equal(loaded.oob_idx, output.oob_idx)
     assert loaded.summary["test_acc"] == output.summary["test_acc"]
+    # where it ran is not what it is: other threads or device still reuse the checkpoint
+    assert load_member(spec.__class__(**{**vars(spec), "config": spec.config.replace(threads=2)}), tmp_path)
     other = member_specs([FAST.replace(lr=0.01)], 2, seed=0)[0]
     assert load_member(other, tmp_path) is None  # a different config is not reused
     (tmp_path / "members" / spec.name / "predictions.npz").write_bytes(b"garbage")
-    assert load_member(spec, tmp_path) is None  # damaged: trained again
+    with pytest.raises(UnreadableCheckpoint, match="predictions|Error"):
+        load_member(spec, tmp_path)
 
 
 @pytest.fixture(scope="module")
 def small_ensemble(tmp_path_factory):
     out = tmp_path_factory.mktemp("ens")
     args = [
-        "ensemble",
-        "--dataset",
-        "digits",
-        "--members",
-        "3",
-        "--epochs",
-        "2",
-        "--out",
-        str(out),
-        "--name",
-        "e",
+        *("ensemble", "--dataset", "digits", "--members", "3", "--epochs", "2", "--repeats", "2"),
+        *("--resnet", "none", "--out", str(out), "--name", "e"),
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return out / "e" / "ensemble", result.output, args
 
 
-def test_ensemble_writes_every_table_readable_with_pandas(small_ensemble, digits):
+MODELS = [
+    "single model",
+    "seed ensemble, hard vote",
+    "seed ensemble, soft vote",
+    "bagged member",
+    "bagged, hard vote",
+    "bagged, soft vote",
+]
+
+
+def test_comparison_has_every_fair_row_with_intervals_and_calibration(small_ensemble):
     folder, output, _ = small_ensemble
-    assert "mean single-member test accuracy" in output and "hard vote" in output
     comparison = pd.read_parquet(folder / "comparison.parquet")
-    assert list(comparison["model"]) == [
-        "member_00",
-        "member_01",
-        "member_02",
-        "hard vote",
-        "soft vote",
-        "resnet18",
-    ]
+    assert list(comparison["model"]) == MODELS
+    for column in ("n", "test_acc", "ci95_low", "ci95_high", "interval", "nll", "brier", "ece"):
+        assert comparison[column].notna().all(), column
+    # --repeats 2 gives t-intervals over repeats; the single model's is over all 6 seeds
+    by_model = comparison.set_index("model")
+    assert by_model.loc["seed ensemble, hard vote", "n"] == 2
+    assert by_model.loc["single model", "n"] == 6 and "seeds" in by_model.loc["single model", "interval"]
     assert (comparison["ci95_low"] <= comparison["test_acc"]).all()
     assert (comparison["test_acc"] <= comparison["ci95_high"]).all()
-    assert comparison["test_error"].add(comparison["test_acc"]).eq(1).all()
-    assert pd.read_csv(folder / "comparison.csv").shape == comparison.shape
-    assert "hard vote" in (folder / "comparison.md").read_text()
+    assert (comparison["ci95_high"] - comparison["ci95_low"] > 0).any()  # real intervals, not points
+    assert ((comparison["ece"] >= 0) & (comparison["ece"] <= 1)).all()
+    per_repeat = pd.read_parquet(folder / "comparison_by_repeat.parquet")
+    assert sorted(per_repeat["repeat"].unique()) == [0, 1] and len(per_repeat) == 2 * len(MODELS)
+    # the mean over repeats is the table's number
+    expected = per_repeat[per_repeat["model"] == "bagged, hard vote"]["test_acc"].mean()
+    assert by_model.loc["bagged, hard vote", "test_acc"] == pytest.approx(expected)
+    assert "single model: test accuracy" in output
+
+
+def test_mcnemar_predictions_and_per_class_tables(small_ensemble, digits):
+    folder, _, _ = small_ensemble
+    mcnemar = pd.read_parquet(folder / "mcnemar.parquet")
+    assert set(mcnemar["repeat"]) == {0, 1}
+    assert ((mcnemar["mcnemar_p"] > 0) & (mcnemar["mcnemar_p"] <= 1)).all()
+    assert {"bagged, hard vote", "seed ensemble, hard vote"} <= set(mcnemar["a"])
     predictions = pd.read_parquet(folder / "predictions.parquet")
     assert len(predictions) == len(digits.test_labels)
     for column in (
         "label",
-        "member_00_pred",
+        "r0_bagged_00_pred",
+        "r0_seed_00_pred",
         "votes",
-        "vote_margin",
         "hard_vote_pred",
-        "soft_vote_pred",
-        "resnet_pred",
-        "resnet_confidence",
-        "wrong_for_every_member",
         "fixed_by_vote",
     ):
         assert column in predictions.columns
+    comparison_r0 = pd.read_parquet(folder / "comparison_by_repeat.parquet").query("repeat == 0")
     hard_acc = (predictions["hard_vote_pred"] == predictions["label"]).mean()
-    assert hard_acc == pytest.approx(comparison.set_index("model").loc["hard vote", "test_acc"])
+    bagged = comparison_r0.set_index("model").loc["bagged, hard vote", "test_acc"]
+    assert hard_acc == pytest.approx(bagged)
     per_class = pd.read_csv(folder / "per_class.csv")
     assert list(per_class["digit"]) == list(range(10))
-    assert {"best_member_error", "hard_vote_error", "resnet_error"} <= set(per_class.columns)
     diversity = json.loads((folder / "diversity.json").read_text())
-    assert 0 <= diversity["mean_pairwise_disagreement"] <= 1
-    assert diversity["oracle_accuracy"] >= diversity["hard_vote_test_acc"] - 1e-9
-    assert len(diversity["vote_accuracy_by_members"]) == 3
+    bagged_div = diversity["diversity"]["bagged"]
+    assert 0 <= bagged_div["mean_pairwise_disagreement"] <= 1
+    assert len(bagged_div["vote_accuracy_by_members_mean"]) == 3
+    assert all(
+        lo - 1e-9 <= m <= hi + 1e-9
+        for lo, m, hi in zip(
+            bagged_div["vote_accuracy_by_members_low"],
+            bagged_div["vote_accuracy_by_members_mean"],
+            bagged_div["vote_accuracy_by_members_high"],
+            strict=True,
+        )
+    )
 
 
 def test_ensemble_figures_are_non_empty_pngs(small_ensemble):
@@ -133,15 +183,52 @@ def test_ensemble_figures_are_non_empty_pngs(small_ensemble):
         "feature_maps",
         "nearest_neighbours",
         "vote_accuracy_by_members",
+        "reliability",
     ):
         data = (folder / f"{name}.png").read_bytes()
         assert data[:8] == PNG and len(data) > 5000, name
 
 
-def test_rerun_reuses_checkpointed_members(small_ensemble):
+def test_resume_reuses_checkpointed_members_and_plain_rerun_is_refused(small_ensemble):
     folder, _, args = small_ensemble
-    before = (folder / "members" / "member_00" / "model.pt").stat().st_mtime_ns
-    result = runner.invoke(app, args)
+    before = (folder / "members" / "r0_seed_00" / "model.pt").stat().st_mtime_ns
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "already holds results" in refused.stderr
+    result = runner.invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
-    assert "0 models to train, 4 reused" in result.output
-    assert (folder / "members" / "member_00" / "model.pt").stat().st_mtime_ns == before
+    assert "0 models to train, 12 reused" in result.output
+    assert (folder / "members" / "r0_seed_00" / "model.pt").stat().st_mtime_ns == before
+
+
+def test_a_damaged_checkpoint_is_named_and_retrained(small_ensemble):
+    folder, _, args = small_ensemble
+    (folder / "members" / "r1_bagged_02" / "predictions.npz").write_bytes(b"garbage")
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "r1_bagged_02's checkpoint cannot be read" in result.output
+    assert "1 models to train, 11 reused" in result.output
+
+
+@pytest.mark.slow
+def test_resnet_baseline_row_and_its_tests(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            *("ensemble", "--dataset", "digits", "--members", "2", "--epochs", "1", "--resample", "none"),
+            *("--train-fraction", "0.3", "--out", str(tmp_path), "--name", "r"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "r" / "ensemble"
+    comparison = pd.read_parquet(folder / "comparison.parquet")
+    assert list(comparison["model"]) == [
+        "single model",
+        "seed ensemble, hard vote",
+        "seed ensemble, soft vote",
+        "resnet18",
+    ]
+    resnet = comparison.set_index("model").loc["resnet18"]
+    assert resnet["parameters"] > 11e6 and "Wilson" in resnet["interval"]
+    mcnemar = pd.read_parquet(folder / "mcnemar.parquet")
+    assert "resnet18" in set(mcnemar["b"])
+    assert (folder / "reliability.png").is_file()

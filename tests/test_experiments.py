@@ -53,16 +53,31 @@ def test_sweep_experiments_smoke_on_digits(tmp_path, name):
     assert len(runs) == points and list(runs["run"]) == list(range(points))
     assert pd.read_csv(folder / "runs.csv").shape[0] == points
     summary = pd.read_parquet(folder / "summary.parquet")
-    assert len(summary) == points and {"test_error_mean", "test_error_std"} <= set(summary.columns)
+    assert len(summary) == points
+    columns = {
+        "n",
+        "failed",
+        "test_error_mean",
+        "test_error_std",
+        "ci95_low",
+        "ci95_high",
+        "p_holm_vs_best",
+        "verdict",
+    }
+    assert columns <= set(summary.columns)
+    assert summary["verdict"].iloc[0] in ("best", "failed")
     assert set(pd.read_parquet(folder / "epochs.parquet")["run"]) == set(range(points))
-    for png in (figure, "test_error.png"):
+    for png in (figure, "test_error.png", "learning_curves.png"):
         assert (folder / png).read_bytes()[:8] == PNG
     report = runner.invoke(app, ["report", str(folder)])
     assert report.exit_code == 0, report.output
     text = (folder / "REPORT.md").read_text()
-    best = summary.sort_values("test_error_mean").iloc[0]
-    assert f"{100 * best['test_error_mean']:.2f}%" in text  # the sentence quotes the real number
-    assert "lowest mean test error" in text and "sha256" in text and f"]({figure})" in text
+    ok = summary[summary["n"] > 0]
+    if len(ok):
+        best = ok.sort_values("test_error_mean").iloc[0]
+        assert f"{100 * best['test_error_mean']:.2f}%" in text  # the sentence quotes the real number
+        assert "lowest mean test error" in text
+    assert "sha256" in text and f"]({figure})" in text
 
 
 def test_learning_rate_smoke_keeps_diverging_runs(tmp_path):
@@ -80,8 +95,12 @@ def test_learning_rate_smoke_keeps_diverging_runs(tmp_path):
     )
     runs = pd.read_parquet(tmp_path / "learning-rates" / "runs.parquet")
     assert (runs.loc[runs["lr"] == 10.0, "status"] == "diverged").all()
+    summary = pd.read_parquet(tmp_path / "learning-rates" / "summary.parquet").set_index("lr")
+    assert summary.loc[10.0, "n"] == 0 and summary.loc[10.0, "failed"] == 1  # counted, never averaged in
+    assert summary.loc[10.0, "verdict"] == "failed"
     runner.invoke(app, ["report", str(tmp_path / "learning-rates")])
-    assert "diverged: " in (tmp_path / "learning-rates" / "REPORT.md").read_text()
+    text = (tmp_path / "learning-rates" / "REPORT.md").read_text()
+    assert "failed and are left out of every mean" in text and "lr=10.0 (diverged)" in text
 
 
 @pytest.mark.slow
@@ -104,7 +123,8 @@ def test_search_and_ensemble_experiments_smoke_on_digits(tmp_path):
         report = runner.invoke(app, ["report", str(tmp_path / name)])
         assert report.exit_code == 0, report.output
     assert "trials:" in (tmp_path / "search" / "REPORT.md").read_text()
-    assert "hard vote of 2 bagged members" in (tmp_path / "ensemble" / "REPORT.md").read_text()
+    ensemble_report = (tmp_path / "ensemble" / "REPORT.md").read_text()
+    assert "ensemble(s) of 2 members" in ensemble_report and "McNemar" in ensemble_report
 
 
 @pytest.mark.parametrize(
@@ -122,6 +142,8 @@ def test_search_and_ensemble_experiments_smoke_on_digits(tmp_path):
         ({"kind": "data-fraction", "fractions": [0.5, 2.0]}, "fractions must be"),
         ({"kind": "tune", "space": {"lr": {"low": 1.0, "high": 0.1}}}, "range reversed"),
         ({"kind": "ensemble", "members": 0}, "members must be >= 1"),
+        ({"kind": "ensemble", "resample": "jackknife"}, "unknown --resample"),
+        ({"kind": "ensemble", "repeats": "3"}, "repeats must be int"),
     ],
 )
 def test_bad_experiment_files_are_rejected_by_name(raw, message):

@@ -1,6 +1,7 @@
 """Faults a long study meets: a trial worker killed mid-trial, unwritable output, many trials."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,11 +17,17 @@ from study.cli import app
 runner = CliRunner()
 
 
-def _trial_workers():
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if cmdline.startswith("ray::ImplicitFunc"):  # Ray's process title for a running trial
-            yield proc
+def _running_trial_worker(folder, study):
+    """The PID of a worker now running one of *our* study's trials (Tune reports each trial's pid),
+    checked to descend from the study process we started."""
+    ours = {p.pid for p in psutil.Process(study.pid).children(recursive=True)}
+    for path in folder.glob("ray/*/result.json"):
+        lines = path.read_text().splitlines()
+        if lines:
+            row = json.loads(lines[-1])
+            if row["status"] == "running" and row["pid"] in ours:
+                return row["pid"]
+    return None
 
 
 @pytest.mark.slow
@@ -55,12 +62,10 @@ def test_trial_worker_killed_mid_trial_is_retried_and_the_study_completes(tmp_pa
     killed = None
     deadline = time.time() + 120
     while killed is None and time.time() < deadline and proc.poll() is None:
-        results = list((tmp_path / "k" / "tune" / "ray").glob("*/result.json"))
-        if any(p.read_text().strip() for p in results):  # a trial is past its first epoch
-            for worker in _trial_workers():
-                worker.send_signal(signal.SIGKILL)
-                killed = worker.pid
-                break
+        worker = _running_trial_worker(tmp_path / "k" / "tune", proc)  # past its first epoch
+        if worker is not None:
+            os.kill(worker, signal.SIGKILL)
+            killed = worker
         time.sleep(0.05)
     output = proc.communicate(timeout=300)[0]
     assert killed is not None, "no trial worker was found to kill\n" + output
@@ -91,6 +96,7 @@ def test_output_folder_that_cannot_be_written(tmp_path, command):
 @pytest.mark.slow
 def test_two_hundred_trials_complete_and_driver_memory_stays_flat(tmp_path):
     """Ray has an open report of driver memory growing with trial count: measure ours."""
+    from lenet_core.config import TrialConfig
     from lenet_core.data import load_dataset
     from study.common.cluster import ClusterOptions
     from study.tune.run import TuneSettings, run_study
@@ -102,16 +108,9 @@ def test_two_hundred_trials_complete_and_driver_memory_stays_flat(tmp_path):
         samples[done] = psutil.Process().memory_info().rss / 2**20
 
     trials, _, _ = run_study(
-        base={
-            "dataset": "digits",
-            "epochs": 1,
-            "seed": 0,
-            "threads": 1,
-            "device": None,
-            "train_fraction": 0.25,
-        },
+        base=TrialConfig(dataset="digits", epochs=1, train_fraction=0.25),
         space=default_space(),
-        settings=TuneSettings(trials=200, seed=0, scheduler="none"),
+        settings=TuneSettings(trials=200, scheduler="none"),
         cluster=ClusterOptions(),
         data=load_dataset("digits"),
         out=tmp_path,

@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
 
+from study.common.stats import mcnemar_exact
 from study.ensemble.voting import (
     accuracy_as_members_are_added,
-    bootstrap_ci,
     hard_vote,
-    mcnemar_exact,
     mean_pairwise_disagreement,
     oracle_accuracy,
     out_of_bag_vote,
     soft_vote,
+    vote_share,
 )
 
 
@@ -62,11 +62,17 @@ def test_diversity_measures_on_a_hand_made_case():
     assert oracle_accuracy(preds, labels) == 0.75  # nobody gets image 3 right
 
 
-def test_accuracy_as_members_are_added_starts_with_the_first_member():
+def test_accuracy_as_members_are_added_over_random_orders():
     labels = np.array([0, 1, 2])
     probas = one_hot_probas([[0, 1, 0], [0, 0, 2], [0, 1, 2]])
-    # two members: images 1 and 2 are 1-1 ties at equal probability, which go to the lower class
-    assert accuracy_as_members_are_added(probas, labels) == pytest.approx([2 / 3, 1 / 3, 1.0])
+    curves = accuracy_as_members_are_added(probas, labels, orders=30, seed=0)
+    assert curves.shape == (30, 3)
+    # one member alone: each member's own accuracy (2/3, 2/3, 1) depending on which comes first
+    assert set(np.round(curves[:, 0], 6)) <= {round(2 / 3, 6), 1.0}
+    assert len(set(curves[:, 0])) == 2  # the orders really differ
+    # all three members: the same vote whatever the order
+    assert np.all(curves[:, 2] == 1.0)
+    assert np.array_equal(curves, accuracy_as_members_are_added(probas, labels, orders=30, seed=0))
 
 
 def test_out_of_bag_vote_counts_only_members_that_did_not_see_an_image():
@@ -78,8 +84,7 @@ def test_out_of_bag_vote_counts_only_members_that_did_not_see_an_image():
     assert acc == pytest.approx(2 / 3)
 
 
-def test_bootstrap_interval_brackets_the_accuracy():
-    correct = np.array([True] * 90 + [False] * 10)
-    low, high = bootstrap_ci(correct, seed=0)
-    assert low < 0.9 < high and 0.8 < low and high < 0.97
-    assert bootstrap_ci(correct, seed=0) == (low, high)
+def test_vote_share_is_the_fraction_of_members_per_class():
+    probas = one_hot_probas([[0, 1], [0, 2], [1, 2], [0, 2]])
+    share = vote_share(probas)
+    assert share.tolist() == [[0.75, 0.25, 0.0], [0.0, 0.25, 0.75]]

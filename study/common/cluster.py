@@ -1,14 +1,24 @@
-"""Starting or joining Ray, and the resource arithmetic shared by `study tune` and `ensemble`."""
+"""Starting or joining Ray, and the resource arithmetic shared by `study tune` and `ensemble`.
+
+Ray rewrites 127.0.0.1 to this machine's interface address, both in ``ray.init(address=...)``
+and for the processes it starts, so by default a local session listens on every interface and
+a cluster whose nodes all sit on 127.0.0.1 cannot be joined. A session on loopback therefore
+switches that rewrite off (see ``_this_machine_is_loopback``).
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import math
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from lenet_core.errors import ConfigError, StudyError
@@ -17,8 +27,20 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = ("0.0.0.0", "::")
 DEFAULT_DASHBOARD_PORT = 8265
 ADDRESS_TIMEOUT_S = 3.0
+# The whole look at a cluster before joining it: a port that accepts and never answers must
+# end in one line well within 30 s. Ray spends up to 3 connection phases of GCS_CONNECT_TIMEOUT_MS.
+PROBE_TIMEOUT_S = 20.0
+GCS_CONNECT_TIMEOUT_MS = 3000
+GCS_CALL_TIMEOUT_S = 5
+# Retries of a task after a system failure (its worker or node died); an exception raised by
+# the task's own code is not retried (Ray's retry_exceptions stays off).
+TASK_MAX_RETRIES = 3
+# Ray's switch (meant for macOS and Windows) that makes it take 127.0.0.1 as this machine.
+LOOPBACK_SWITCH_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+AUTH_HINT = "if it uses token auth, set RAY_AUTH_MODE=token"
 
 
 @dataclass(frozen=True)
@@ -80,7 +102,11 @@ def plan_resources(
 
 @dataclass(frozen=True)
 class ClusterOptions:
-    """Where trials run; the same meaning in `study tune` and `study ensemble`."""
+    """Where trials run; the same meaning in `study tune` and `study ensemble`.
+
+    ``bind`` is the interface a local session's Ray listens on (GCS, raylet, object manager,
+    agents, workers); the dashboard keeps its own ``dashboard_host``. Joining ignores both.
+    """
 
     gpus: float = 0.0
     gpus_per_trial: float | None = None
@@ -88,7 +114,8 @@ class ClusterOptions:
     max_concurrent: int | None = None
     address: str | None = None
     dashboard_port: int | None = None
-    dashboard_host: str = "127.0.0.1"
+    dashboard_host: str = LOOPBACK
+    bind: str = LOOPBACK
 
     def __post_init__(self) -> None:
         if self.gpus_per_trial is not None:
@@ -99,18 +126,133 @@ class ClusterOptions:
             raise ConfigError(f"--gpus must be >= 0, got {self.gpus}")
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1, IPv4-mapped loopback (how Ray's IPv6 sockets show it) or localhost."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """HOST:PORT (or [IPv6]:PORT) into its parts, with a one-line error for anything else."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--address {address!r} must look like HOST:PORT (e.g. 127.0.0.1:6379)")
+    return host, int(port)
+
+
+def _probes_address(address: str) -> bool:
+    """ "auto" (Ray finds it) and ray:// (Ray Client) are Ray's own business."""
+    return address != "auto" and not address.startswith("ray://")
+
+
 def check_address_reachable(address: str) -> None:
     """Fail fast with one line instead of Ray's long retry loop for a wrong --address."""
-    if address in ("auto", "local") or address.startswith("ray://"):
+    if not _probes_address(address):
         return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--address {address!r} must look like HOST:PORT (e.g. 127.0.0.1:6379)")
+    host, port = split_address(address)
     try:
-        with socket.create_connection((host, int(port)), timeout=ADDRESS_TIMEOUT_S):
+        with socket.create_connection((host, port), timeout=ADDRESS_TIMEOUT_S):
             pass
     except OSError as exc:
         raise StudyError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def probe_main(address: str) -> None:
+    """Run in a child process: print one JSON line on what the GCS at ``address`` answers.
+
+    Ray's connect loops log to the terminal and, for a port that never answers, block for
+    minutes; in a child they are silent and bounded. The answer lists the addresses of the
+    cluster's live nodes that run on this machine, head first: the driver attaches to one.
+    """
+    try:
+        from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+        from ray._private.services import find_node_ids
+        from ray._raylet import InnerGcsClient
+        from ray.core.generated.gcs_pb2 import GcsNodeInfo
+        from ray.exceptions import AuthenticationError
+    except ImportError as exc:  # a Ray without these internals: let ray.init do its own checks
+        print(json.dumps({"unsupported": _first_line(exc)}))
+        return
+    try:
+        # Ray aborts the process when token auth is on and no token exists; this raises instead.
+        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+        client = InnerGcsClient.standalone(address, None, GCS_CONNECT_TIMEOUT_MS)
+        nodes = client.get_all_node_info(
+            timeout=GCS_CALL_TIMEOUT_S, state_filter=GcsNodeInfo.GcsNodeState.ALIVE
+        )
+    except Exception as exc:
+        auth = isinstance(exc, AuthenticationError) or "token" in str(exc).lower()
+        print(json.dumps({"error": _first_line(exc), "auth": auth}))
+        return
+    here = set(find_node_ids())
+    local = sorted(
+        (not info.is_head_node, info.node_manager_address)
+        for node_id, info in nodes.items()
+        if node_id.hex() in here
+    )
+    print(json.dumps({"nodes": len(nodes), "local_ips": [ip for _, ip in local]}))
+
+
+def probe_ray_cluster(address: str) -> str | None:
+    """The address of the cluster's node on this machine that a driver would attach to.
+
+    None when this Ray cannot be probed (then ``ray.init`` checks on its own); a StudyError
+    when nothing Ray-like answers, the token is missing or wrong, or no node runs here.
+    """
+    root = str(Path(__file__).resolve().parents[2])  # so the child imports this very module
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from study.common.cluster import probe_main; probe_main(sys.argv[1])",
+        address,
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise StudyError(f"no Ray cluster answered at {address} within {PROBE_TIMEOUT_S:g} s") from exc
+    answer = _last_json_line(done.stdout)
+    if answer is None:
+        raise StudyError(
+            f"cannot join the Ray cluster at {address} (its check exited with code {done.returncode}); "
+            f"{AUTH_HINT}"
+        )
+    if "unsupported" in answer:
+        return None
+    if "error" in answer:
+        if answer.get("auth"):
+            raise StudyError(f"cannot join the Ray cluster at {address} ({answer['error']}); {AUTH_HINT}")
+        raise StudyError(f"no Ray cluster answers at {address} ({answer['error']})")
+    if not answer["local_ips"]:
+        raise StudyError(
+            f"the Ray cluster at {address} has no node on this machine; a study runs on one of its "
+            f"nodes (start one here with `ray start --address {address}`)"
+        )
+    return str(answer["local_ips"][0])
+
+
+def _last_json_line(text: str) -> dict[str, Any] | None:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(answer, dict):
+            return answer
+    return None
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -139,12 +281,49 @@ def choose_dashboard_port(host: str, asked: int | None) -> int:
 
 def dashboard_warning(host: str) -> str | None:
     """A warning when the dashboard would listen beyond this machine's loopback interface."""
-    if host in (LOOPBACK, "localhost"):
+    if is_loopback(host):
         return None
     return (
         f"warning: the Ray dashboard will listen on {host}; it accepts job submissions "
         f"(arbitrary code) from anyone who can reach it"
     )
+
+
+def bind_warning(host: str) -> str | None:
+    """A warning when Ray's own ports would listen beyond this machine's loopback interface."""
+    if is_loopback(host):
+        return None
+    # Ray's servers listen on 127.0.0.1 alone or on every interface: another address is only
+    # what the node advertises, so say what really happens.
+    return (
+        f"warning: with --bind {host}, Ray (GCS, raylet, object manager, agents, workers) listens "
+        f"on every interface; anyone who can reach those ports can run code in this study"
+    )
+
+
+def check_bind(host: str) -> str:
+    """``--bind`` as Ray takes it: loopback, all interfaces, or one address of this machine."""
+    if is_loopback(host):
+        return LOOPBACK
+    if host in ALL_INTERFACES:
+        return host
+    import psutil
+
+    own = {entry.address for entries in psutil.net_if_addrs().values() for entry in entries}
+    if host not in own:
+        raise ConfigError(
+            f"--bind {host!r} is not an address of this machine; use 127.0.0.1, 0.0.0.0 or one of "
+            f"{', '.join(sorted(a for a in own if _is_ip(a)))}"
+        )
+    return host
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def visible_cuda_gpus() -> int:
@@ -163,66 +342,116 @@ class RaySession:
 
 
 @contextmanager
-def ray_session(cluster: ClusterOptions) -> Iterator[RaySession]:
-    """Join ``cluster.address``, or start Ray in-process with its dashboard on 127.0.0.1 by
-    default; the session carries the resource plan for the cluster it found."""
+def _this_machine_is_loopback() -> Iterator[None]:
+    """Make Ray take 127.0.0.1 as this machine's address, in the driver and all it starts.
+
+    Otherwise Ray rewrites 127.0.0.1 to the interface address: ``ray.init(address=...)`` then
+    retries a loopback-only GCS forever, and ``_node_ip_address`` no longer keeps the GCS,
+    raylet and agents on loopback (they listen on 127.0.0.1 only when that is the node's
+    address). The environment variable reaches the processes Ray starts; the constant is set
+    too because Ray reads the variable once, when it is imported.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(LOOPBACK_SWITCH_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_SWITCH_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_SWITCH_ENV, None)
+        else:
+            os.environ[LOOPBACK_SWITCH_ENV] = saved_env
+
+
+def _join(address: str, stack: ExitStack) -> Any:
+    """Connect to the cluster at ``address`` after checking, in bounded time, that it is one."""
     import ray
 
-    # Tune's console output would fight our progress bar; the dashboard and files have it all.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    address, gpus = cluster.address, cluster.gpus
-    dashboard_host = cluster.dashboard_host
-    if address is not None:
-        check_address_reachable(address)
-        try:
-            context = ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        except (ConnectionError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StudyError(
-                f"cannot join the Ray cluster at {address} ({reason}); if it uses "
-                f"token auth, set RAY_AUTH_MODE=token"
-            ) from exc
-    else:
-        cuda = visible_cuda_gpus()
-        if gpus > cuda:
-            raise StudyError(
-                f"--gpus {gpus:g} asked for, but CUDA sees {cuda} GPU(s) here; use --gpus {cuda} "
-                f"or join a cluster that has them with --address"
-            )
-        warning = dashboard_warning(dashboard_host)
+    check_address_reachable(address)
+    if _probes_address(address):
+        host, port = split_address(address)
+        node_ip = probe_ray_cluster(address)
+        # The driver takes the address of the node it attaches to; guess from --address if unknown.
+        if is_loopback(node_ip if node_ip is not None else host):
+            stack.enter_context(_this_machine_is_loopback())
+            if is_loopback(host):
+                address = f"{LOOPBACK}:{port}"  # localhost or ::1 would miss a GCS on 127.0.0.1
+    stack.callback(ray.shutdown)  # also after a half-made connection
+    try:
+        return ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        reason = _first_line(exc)
+        raise StudyError(f"cannot join the Ray cluster at {address} ({reason}); {AUTH_HINT}") from exc
+
+
+def _start_local(cluster: ClusterOptions, stack: ExitStack) -> Any:
+    """Start Ray in-process, every port on ``cluster.bind`` (loopback by default)."""
+    import ray
+
+    cuda = visible_cuda_gpus()
+    if cluster.gpus > cuda:
+        raise StudyError(
+            f"--gpus {cluster.gpus:g} asked for, but CUDA sees {cuda} GPU(s) here; use --gpus {cuda} "
+            f"or join a cluster that has them with --address"
+        )
+    bind = check_bind(cluster.bind)
+    for warning in (bind_warning(bind), dashboard_warning(cluster.dashboard_host)):
         if warning:
             print(warning, file=sys.stderr)
-        port = choose_dashboard_port(dashboard_host, cluster.dashboard_port)
-        context = ray.init(
-            num_cpus=os.cpu_count(),
-            num_gpus=gpus,
-            include_dashboard=True,
-            dashboard_host=dashboard_host,
-            dashboard_port=port,
-            log_to_driver=False,
-            logging_level="ERROR",
-            configure_logging=True,
-        )
-    try:
-        resources = ray.cluster_resources()
-        url = context.dashboard_url
-        total_cpus = float(resources.get("CPU", 0))
-        total_gpus = float(resources.get("GPU", 0))
-        yield RaySession(
-            dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
+    port = choose_dashboard_port(cluster.dashboard_host, cluster.dashboard_port)
+    if bind == LOOPBACK:
+        stack.enter_context(_this_machine_is_loopback())
+    stack.callback(ray.shutdown)  # also after a half-started node
+    return ray.init(
+        num_cpus=os.cpu_count(),
+        num_gpus=cluster.gpus,
+        include_dashboard=True,
+        dashboard_host=cluster.dashboard_host,
+        dashboard_port=port,
+        log_to_driver=False,
+        logging_level="ERROR",
+        configure_logging=True,
+        # None: Ray picks this machine's interface address and listens on all interfaces
+        _node_ip_address=None if bind in ALL_INTERFACES else bind,
+    )
+
+
+@contextmanager
+def ray_session(cluster: ClusterOptions) -> Iterator[RaySession]:
+    """Join ``cluster.address``, or start Ray in-process listening on ``cluster.bind`` (127.0.0.1
+    by default); the session carries the resource plan for the cluster it found."""
+    # Tune's console output would fight our progress bar; the dashboard and files have it all.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray shuts down before the loopback switch is undone: the stack unwinds last-in first.
+    with ExitStack() as stack:
+        joining = cluster.address not in (None, "local")
+        context = _join(str(cluster.address), stack) if joining else _start_local(cluster, stack)
+        yield _describe(context, cluster)
+
+
+def _describe(context: Any, cluster: ClusterOptions) -> RaySession:
+    import ray
+
+    resources = ray.cluster_resources()
+    url = context.dashboard_url
+    total_cpus = float(resources.get("CPU", 0))
+    total_gpus = float(resources.get("GPU", 0))
+    return RaySession(
+        dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
+        total_cpus=total_cpus,
+        total_gpus=total_gpus,
+        token_auth=_token_auth_enabled(),
+        plan=plan_resources(
             total_cpus=total_cpus,
             total_gpus=total_gpus,
-            token_auth=_token_auth_enabled(),
-            plan=plan_resources(
-                total_cpus=total_cpus,
-                total_gpus=total_gpus,
-                cpus_per_trial=cluster.cpus_per_trial,
-                gpus_per_trial=cluster.gpus_per_trial,
-                max_concurrent=cluster.max_concurrent,
-            ),
-        )
-    finally:
-        ray.shutdown()
+            cpus_per_trial=cluster.cpus_per_trial,
+            gpus_per_trial=cluster.gpus_per_trial,
+            max_concurrent=cluster.max_concurrent,
+        ),
+    )
 
 
 def _token_auth_enabled() -> bool:
@@ -249,7 +478,9 @@ def map_on_ray(
 
     ``data`` goes into the object store once and every task reads it zero-copy. ``on_result``
     runs in the driver as each task finishes (to save it at once) and returns a progress note.
-    A task that fails after Ray's retries ends the run with a one-line error naming the item.
+    A task whose worker or node dies is run again elsewhere (up to TASK_MAX_RETRIES times);
+    each item's result is taken once, from the attempt that finished. A task that still fails
+    ends the run with a one-line error naming the item.
     """
     import ray
 
@@ -258,7 +489,12 @@ def map_on_ray(
     if not items:
         return
     data_ref = ray.put(data)
-    task = ray.remote(fn).options(num_cpus=plan.cpus_per_trial, num_gpus=plan.gpus_per_trial, max_retries=2)
+    task = ray.remote(fn).options(
+        num_cpus=plan.cpus_per_trial,
+        num_gpus=plan.gpus_per_trial,
+        max_retries=TASK_MAX_RETRIES,
+        retry_exceptions=False,
+    )
     queue, pending = list(items), {}
     with progress_bar(label, len(items) + already_done) as advance:
         advance("", steps=already_done)

@@ -67,6 +67,8 @@ def run_folder(
 
     if resume and overwrite:
         raise StudyError("give --resume or --overwrite, not both")
+    check_run_name(name)
+    new_folders = [p for p in (out / name / stage, out / name, out) if not p.exists()]
     folder = prepare_run_dir(out, name, stage)
     lock = (folder / LOCK_FILE).open("w")
     try:
@@ -89,9 +91,25 @@ def run_folder(
         lock.write(f"{os.getpid()}\n")
         lock.flush()
         yield folder
+    except BaseException:
+        _remove_if_unused(folder, new_folders)
+        raise
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def _remove_if_unused(folder: Path, new_folders: list[Path]) -> None:
+    """After a failed start, leave no trace: drop the lock and the folders this run created,
+    as long as nothing was written into them."""
+    if holds_results(folder):
+        return
+    (folder / LOCK_FILE).unlink(missing_ok=True)
+    for path in new_folders:  # deepest first
+        try:
+            path.rmdir()
+        except OSError:  # not empty (another stage's results) or already gone
+            break
 
 
 @contextmanager

@@ -1,302 +1,340 @@
-"""Comparison tables, per-image predictions and error-analysis figures for `study ensemble`."""
+"""`study ensemble` tables: every model on the one test set, per repeat and over repeats, with
+intervals, calibration and paired tests; per-image predictions, per-class errors and diversity.
+
+Rows of the comparison (each per repeat, then mean and 95% interval over repeats):
+- single model: one LeNet on the full split, mean over the M seeds of the seed ensemble;
+- seed ensemble, hard and soft vote: the same M models voting;
+- bagged member: mean of the M bootstrap-trained members; bagged hard and soft vote;
+- the ResNet baseline.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from lenet_core.data import ImageData, as_tensor, normalize_, to_unit_float
-from lenet_core.train import load_trial_model
+from lenet_core.data import ImageData
 from study.common.files import write_json, write_table
+from study.common.stats import (
+    brier,
+    describe,
+    expected_calibration_error,
+    mcnemar_exact,
+    nll,
+    wilson_interval,
+)
 from study.ensemble.run import MemberOutput
 from study.ensemble.voting import (
     accuracy,
     accuracy_as_members_are_added,
-    bootstrap_ci,
     hard_vote,
-    mcnemar_exact,
     mean_pairwise_disagreement,
     oracle_accuracy,
     out_of_bag_vote,
     soft_vote,
+    vote_share,
 )
 
-TSNE_POINTS = 1500  # t-SNE is O(n^2)-ish on 2 cores; a stratified-enough random subset suffices
-MISCLASSIFIED_SHOWN = 24
-NEIGHBOURS = 8
-QUERIES = 4
+GROUP_LABELS = {"seed": "seed ensemble", "bagged": "bagged"}
 
 
-def _row(
-    name: str,
-    kind: str,
-    pred: np.ndarray,
-    labels: np.ndarray,
-    *,
-    parameters: int,
-    seconds: float,
-    seed: int,
-    vote_correct: np.ndarray | None,
-) -> dict[str, Any]:
-    correct = pred == labels
-    low, high = bootstrap_ci(correct, seed=seed)
+@dataclass
+class Repeat:
+    """One independent ensemble: its seed-ensemble and bagged members, and its baseline."""
+
+    index: int
+    groups: dict[str, list[MemberOutput]]  # "seed" / "bagged" -> members
+    baseline: MemberOutput | None
+
+
+def split_repeats(outputs: list[MemberOutput]) -> list[Repeat]:
+    repeats: dict[int, Repeat] = {}
+    for output in outputs:
+        spec = output.spec
+        repeat = repeats.setdefault(spec.repeat, Repeat(index=spec.repeat, groups={}, baseline=None))
+        if spec.group == "baseline":
+            repeat.baseline = output
+        else:
+            repeat.groups.setdefault(spec.group, []).append(output)
+    return [repeats[k] for k in sorted(repeats)]
+
+
+def _scores(proba: np.ndarray, labels: np.ndarray, *, pred: np.ndarray | None = None) -> dict[str, float]:
+    """Accuracy (of ``pred``, default the argmax) and calibration of one (N, C) probability table."""
     return {
-        "model": name,
-        "kind": kind,
-        "test_acc": accuracy(pred, labels),
-        "test_error": 1 - accuracy(pred, labels),
-        "ci95_low": low,
-        "ci95_high": high,
-        "parameters": parameters,
-        "training_seconds": seconds,
-        "mcnemar_p_vs_hard_vote": (
-            mcnemar_exact(vote_correct, correct) if vote_correct is not None else np.nan
-        ),
+        "test_acc": accuracy(proba.argmax(axis=1) if pred is None else pred, labels),
+        "nll": nll(proba, labels),
+        "brier": brier(proba, labels),
+        "ece": expected_calibration_error(proba, labels),
     }
 
 
-def analyze(
-    members: list[MemberOutput], resnet: MemberOutput | None, data: ImageData, folder: Path, *, seed: int
-) -> dict[str, Any]:
-    """Write comparison, diversity, predictions and per-class tables and every figure."""
-    labels = data.test_labels
-    probas = np.stack([m.test_proba for m in members])  # (M, N, 10)
-    preds = probas.argmax(axis=2)  # (M, N)
-    vote, votes, margin = hard_vote(probas)
-    soft, soft_conf = soft_vote(probas)
-    vote_correct = vote == labels
-    # "best single member" by validation accuracy: the test set never picks a model
-    best = int(np.argmax([m.summary["val_acc"] for m in members]))
+def _mean_scores(members: list[MemberOutput], labels: np.ndarray) -> dict[str, float]:
+    scores = pd.DataFrame([_scores(m.test_proba, labels) for m in members])
+    return scores.mean().to_dict()
 
+
+def _seconds(members: list[MemberOutput]) -> float:
+    return float(sum(m.summary["training_seconds"] for m in members))
+
+
+def repeat_rows(repeat: Repeat, labels: np.ndarray) -> list[dict[str, Any]]:
+    """One row per compared model of one repeat; votes and members score the same test set."""
     rows = []
-    for i, member in enumerate(members):
-        row = _row(
-            member.spec.name,
-            "member",
-            preds[i],
-            labels,
-            parameters=member.summary["parameters"],
-            seconds=member.summary["training_seconds"],
-            seed=seed,
-            vote_correct=vote_correct,
-        )
-        row["oob_acc"] = accuracy(member.oob_proba.argmax(1), data.train_labels[member.oob_idx])
-        rows.append(row)
-    total_params = sum(m.summary["parameters"] for m in members)
-    total_seconds = sum(m.summary["training_seconds"] for m in members)
-    oob_acc, oob_covered = out_of_bag_vote(
-        [(m.oob_idx, m.oob_proba) for m in members], data.train_labels, data.num_classes
-    )
-    rows.append(
-        {
-            **_row(
-                "hard vote",
-                "ensemble",
-                vote,
-                labels,
-                parameters=total_params,
-                seconds=total_seconds,
-                seed=seed,
-                vote_correct=None,
-            ),
-            "oob_acc": oob_acc,
-        }
-    )
-    rows.append(
-        {
-            **_row(
-                "soft vote",
-                "ensemble",
-                soft,
-                labels,
-                parameters=total_params,
-                seconds=total_seconds,
-                seed=seed,
-                vote_correct=vote_correct,
-            ),
-            "oob_acc": np.nan,
-        }
-    )
-    resnet_pred = resnet_conf = None
-    if resnet is not None:
-        resnet_pred = resnet.test_proba.argmax(1)
-        resnet_conf = resnet.test_proba.max(1)
+
+    def add(model: str, scores: dict[str, float], *, parameters: int, seconds: float, n_models: int) -> None:
         rows.append(
             {
-                **_row(
-                    resnet.spec.name,
-                    "baseline",
-                    resnet_pred,
-                    labels,
-                    parameters=resnet.summary["parameters"],
-                    seconds=resnet.summary["training_seconds"],
-                    seed=seed,
-                    vote_correct=vote_correct,
-                ),
-                "oob_acc": np.nan,
+                "repeat": repeat.index,
+                "model": model,
+                **scores,
+                "models": n_models,
+                "parameters": parameters,
+                "training_seconds": seconds,
             }
         )
-    comparison = pd.DataFrame(rows)
-    write_table(comparison, folder / "comparison", markdown=True)
 
-    member_accs = comparison.loc[comparison["kind"] == "member", "test_acc"]
-    diversity = {
-        "members": len(members),
-        "mean_pairwise_disagreement": mean_pairwise_disagreement(preds),
-        "oracle_accuracy": oracle_accuracy(preds, labels),
-        "mean_member_test_acc": float(member_accs.mean()),
-        "best_member": members[best].spec.name,
-        "best_member_test_acc": float(member_accs.iloc[best]),
-        "hard_vote_test_acc": accuracy(vote, labels),
-        "soft_vote_test_acc": accuracy(soft, labels),
-        "ensemble_oob_acc": oob_acc,
-        "ensemble_oob_images": oob_covered,
-        "mcnemar_p_hard_vote_vs_best_member": mcnemar_exact(vote_correct, preds[best] == labels),
-        "mcnemar_p_hard_vote_vs_resnet": (
-            mcnemar_exact(vote_correct, resnet_pred == labels) if resnet_pred is not None else None
-        ),
-        "resnet_test_acc": accuracy(resnet_pred, labels) if resnet_pred is not None else None,
-        "vote_accuracy_by_members": accuracy_as_members_are_added(probas, labels),
+    for group, members in repeat.groups.items():
+        probas = np.stack([m.test_proba for m in members])  # (M, N, C)
+        per_member = members[0].summary["parameters"]
+        label = GROUP_LABELS[group]
+        mean_member = "single model" if group == "seed" else "bagged member"
+        add(
+            mean_member,
+            _mean_scores(members, labels),
+            parameters=per_member,
+            seconds=_seconds(members) / len(members),
+            n_models=1,
+        )
+        total = dict(parameters=per_member * len(members), seconds=_seconds(members), n_models=len(members))
+        # a hard vote's only probabilities are its vote shares; its ties break by summed probability
+        add(f"{label}, hard vote", _scores(vote_share(probas), labels, pred=hard_vote(probas)[0]), **total)
+        add(f"{label}, soft vote", _scores(probas.mean(axis=0), labels), **total)
+    if repeat.baseline is not None:
+        baseline = repeat.baseline
+        add(
+            baseline.spec.config.model,
+            _scores(baseline.test_proba, labels),
+            parameters=baseline.summary["parameters"],
+            seconds=baseline.summary["training_seconds"],
+            n_models=1,
+        )
+    return rows
+
+
+def comparison_table(per_repeat: pd.DataFrame, single_model_accs: np.ndarray, n_test: int) -> pd.DataFrame:
+    """Mean and 95% interval of every model over repeats.
+
+    The single model's interval is over every seed it was trained with (M per repeat). With one
+    repeat, an ensemble's interval is Wilson's on its test accuracy (one test set, n images).
+    """
+    rows = []
+    for model, part in per_repeat.groupby("model", sort=False):
+        accs = single_model_accs if model == "single model" else part["test_acc"].to_numpy()
+        stats = describe(accs)
+        if stats["n"] == 1:
+            correct = round(stats["mean"] * n_test)
+            stats["ci95_low"], stats["ci95_high"] = wilson_interval(correct, n_test)
+            interval = f"Wilson, {n_test} test images"
+        else:
+            unit = "seeds" if model == "single model" else "repeats"
+            interval = f"t over {stats['n']} {unit}"
+        rows.append(
+            {
+                "model": model,
+                "n": stats["n"],
+                "test_acc": stats["mean"],
+                "test_error": 1 - stats["mean"],
+                "ci95_low": stats["ci95_low"],
+                "ci95_high": stats["ci95_high"],
+                "interval": interval,
+                "nll": part["nll"].mean(),
+                "brier": part["brier"].mean(),
+                "ece": part["ece"].mean(),
+                "models": int(part["models"].iloc[0]),
+                "parameters": int(part["parameters"].iloc[0]),
+                "training_seconds": part["training_seconds"].mean(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def best_member(members: list[MemberOutput]) -> MemberOutput:
+    """The member with the highest validation accuracy: every member shares one validation set."""
+    return max(members, key=lambda m: m.summary["val_acc"])
+
+
+def mcnemar_rows(repeat: Repeat, labels: np.ndarray) -> list[dict[str, Any]]:
+    """Exact McNemar tests on the one test set, per repeat: each vote against its best member,
+    bagging against seeds, and each vote against the ResNet."""
+    votes = {
+        GROUP_LABELS[g]: hard_vote(np.stack([m.test_proba for m in ms]))[0] == labels
+        for g, ms in repeat.groups.items()
     }
-    write_json(folder / "diversity.json", diversity)
-
-    predictions = pd.DataFrame({"index": np.arange(len(labels)), "label": labels})
-    for i, member in enumerate(members):
-        predictions[f"{member.spec.name}_pred"] = preds[i]
-    predictions["votes"] = votes
-    predictions["vote_margin"] = margin
-    predictions["hard_vote_pred"] = vote
-    predictions["soft_vote_pred"] = soft
-    predictions["soft_vote_confidence"] = soft_conf
-    if resnet_pred is not None:
-        predictions["resnet_pred"] = resnet_pred
-        predictions["resnet_confidence"] = resnet_conf
-    predictions["wrong_for_every_member"] = (preds != labels[None, :]).all(axis=0)
-    # the vote is right where the best single member (by validation accuracy) is wrong
-    predictions["fixed_by_vote"] = vote_correct & (preds[best] != labels)
-    write_table(predictions, folder / "predictions", csv=False)
-
-    per_class = pd.DataFrame({"digit": np.arange(data.num_classes)})
-    named = {"best_member": preds[best], "hard_vote": vote}
-    if resnet_pred is not None:
-        named["resnet"] = resnet_pred
-    for key, pred in named.items():
-        per_class[f"{key}_error"] = [
-            float((pred[labels == c] != c).mean()) if (labels == c).any() else np.nan
-            for c in range(data.num_classes)
+    pairs = []
+    for group, members in repeat.groups.items():
+        best = best_member(members)
+        pairs.append(
+            (f"{GROUP_LABELS[group]}, hard vote", best.spec.name, best.test_proba.argmax(1) == labels)
+        )
+    if len(votes) == 2:
+        pairs.append(("bagged, hard vote", "seed ensemble, hard vote", votes["seed ensemble"]))
+    if repeat.baseline is not None:
+        resnet_correct = repeat.baseline.test_proba.argmax(1) == labels
+        pairs += [
+            (f"{label}, hard vote", repeat.baseline.spec.config.model, resnet_correct) for label in votes
         ]
-    per_class["test_images"] = np.bincount(labels, minlength=data.num_classes)
-    write_table(per_class, folder / "per_class")
-
-    write_figures(
-        members,
-        best,
-        resnet,
-        data,
-        folder,
-        vote=vote,
-        vote_conf=probas.mean(axis=0)[np.arange(len(vote)), vote],
-        resnet_pred=resnet_pred,
-        per_class=per_class,
-        diversity=diversity,
-    )
-    return diversity
-
-
-# ------------------------------------------------------------------ figures
+    rows = []
+    for a, b, b_correct in pairs:
+        a_correct = votes[a.rsplit(",", 1)[0]]
+        rows.append(
+            {
+                "repeat": repeat.index,
+                "a": a,
+                "b": b,
+                "a_acc": float(a_correct.mean()),
+                "b_acc": float(b_correct.mean()),
+                "only_a_right": int((a_correct & ~b_correct).sum()),
+                "only_b_right": int((~a_correct & b_correct).sum()),
+                "mcnemar_p": mcnemar_exact(a_correct, b_correct),
+            }
+        )
+    return rows
 
 
-def write_figures(
-    members: list[MemberOutput],
-    best: int,
-    resnet: MemberOutput | None,
-    data: ImageData,
-    folder: Path,
-    *,
-    vote: np.ndarray,
-    vote_conf: np.ndarray,  # mean member probability of the class the hard vote chose
-    resnet_pred: np.ndarray | None,
-    per_class: pd.DataFrame,
-    diversity: dict[str, Any],
-) -> None:
-    from study.ensemble import figures as figs
+def diversity(repeat: Repeat, data: ImageData) -> dict[str, Any]:
+    """Disagreement, oracle accuracy, out-of-bag estimate and the vote-vs-members curves."""
+    labels = data.test_labels
+    result: dict[str, Any] = {}
+    for group, members in repeat.groups.items():
+        probas = np.stack([m.test_proba for m in members])
+        preds = probas.argmax(axis=2)
+        curves = accuracy_as_members_are_added(probas, labels)
+        entry = {
+            "members": len(members),
+            "mean_pairwise_disagreement": mean_pairwise_disagreement(preds),
+            "oracle_accuracy": oracle_accuracy(preds, labels),
+            "best_member": best_member(members).spec.name,
+            "vote_accuracy_by_members_mean": curves.mean(axis=0).tolist(),
+            "vote_accuracy_by_members_low": np.percentile(curves, 2.5, axis=0).tolist(),
+            "vote_accuracy_by_members_high": np.percentile(curves, 97.5, axis=0).tolist(),
+            "seconds_per_member": _seconds(members) / len(members),
+        }
+        if group == "bagged":
+            oob_acc, covered = out_of_bag_vote(
+                [(m.oob_idx, m.oob_proba) for m in members], data.train_labels, data.num_classes
+            )
+            entry["ensemble_oob_acc"], entry["ensemble_oob_images"] = oob_acc, covered
+        result[GROUP_LABELS[group]] = entry
+    return result
+
+
+def main_group(repeat: Repeat) -> str:
+    """The ensemble the error analysis looks at: the bagged one when there is one."""
+    return "bagged" if "bagged" in repeat.groups else "seed"
+
+
+def predictions_table(repeat: Repeat, labels: np.ndarray) -> pd.DataFrame:
+    """One row per test image (first repeat): every member's prediction and the votes."""
+    table = pd.DataFrame({"index": np.arange(len(labels)), "label": labels})
+    for members in repeat.groups.values():
+        for member in members:
+            table[f"{member.spec.name}_pred"] = member.test_proba.argmax(1)
+    group = main_group(repeat)
+    members = repeat.groups[group]
+    probas = np.stack([m.test_proba for m in members])
+    vote, votes, margin = hard_vote(probas)
+    soft, soft_conf = soft_vote(probas)
+    best = best_member(members).test_proba.argmax(1)
+    table["votes"] = votes
+    table["vote_margin"] = margin
+    table["hard_vote_pred"] = vote
+    table["soft_vote_pred"] = soft
+    table["soft_vote_confidence"] = soft_conf
+    if repeat.baseline is not None:
+        table["resnet_pred"] = repeat.baseline.test_proba.argmax(1)
+        table["resnet_confidence"] = repeat.baseline.test_proba.max(1)
+    table["wrong_for_every_member"] = (probas.argmax(2) != labels[None, :]).all(axis=0)
+    # the vote is right where the best single member (by validation accuracy) is wrong
+    table["fixed_by_vote"] = (vote == labels) & (best != labels)
+    return table
+
+
+def per_class_table(predictions: pd.DataFrame, repeat: Repeat, num_classes: int) -> pd.DataFrame:
+    labels = predictions["label"].to_numpy()
+    best = best_member(repeat.groups[main_group(repeat)])
+    named = {
+        "best_member": best.test_proba.argmax(1),
+        "hard_vote": predictions["hard_vote_pred"].to_numpy(),
+    }
+    if "resnet_pred" in predictions:
+        named["resnet"] = predictions["resnet_pred"].to_numpy()
+    table = pd.DataFrame({"digit": np.arange(num_classes)})
+    for key, pred in named.items():
+        table[f"{key}_error"] = [
+            float((pred[labels == c] != c).mean()) if (labels == c).any() else np.nan
+            for c in range(num_classes)
+        ]
+    table["test_images"] = np.bincount(labels, minlength=num_classes)
+    return table
+
+
+def summary_lines(comparison: pd.DataFrame, mcnemar: pd.DataFrame) -> list[str]:
+    """What the console prints: each model's accuracy with its interval, then the tests."""
+    lines = [
+        f"{r.model}: test accuracy {r.test_acc:.4f} [{r.ci95_low:.4f}, {r.ci95_high:.4f}] ({r.interval}), "
+        f"ECE {r.ece:.4f}"
+        for r in comparison.itertuples()
+    ]
+    first = mcnemar[mcnemar["repeat"] == mcnemar["repeat"].min()]
+    lines += [f"McNemar (repeat 0) {r.a} vs {r.b}: p = {r.mcnemar_p:.3g}" for r in first.itertuples()]
+    return lines
+
+
+def analyze(outputs: list[MemberOutput], data: ImageData, folder: Path) -> dict[str, Any]:
+    """Write every ensemble table and figure; returns the diversity summary and console lines."""
+    from study.ensemble.figures import write_figures
 
     labels = data.test_labels
-    figs.confusion_matrices(
-        labels,
-        vote,
-        resnet_pred,
-        folder / "confusion_matrices.png",
-        resnet_name=resnet.spec.name if resnet else None,
+    repeats = split_repeats(outputs)
+    per_repeat = pd.DataFrame([row for r in repeats for row in repeat_rows(r, labels)])
+    single_accs = np.array(
+        [accuracy(m.test_proba.argmax(1), labels) for r in repeats for m in r.groups.get("seed", [])]
     )
-    figs.misclassified_grid(
-        data.test_images,
-        labels,
-        vote,
-        vote_conf,
-        folder / "misclassified.png",
-        limit=MISCLASSIFIED_SHOWN,
-    )
-    figs.vote_accuracy_curve(
-        diversity["vote_accuracy_by_members"],
-        diversity["mean_member_test_acc"],
-        diversity.get("resnet_test_acc"),
-        folder / "vote_accuracy_by_members.png",
-    )
-    member = members[best]
-    model = load_trial_model(member.spec.config, member.state_dict).eval()
-    figs.conv1_kernels(
-        model.conv1.weight.detach().numpy(),
-        folder / "conv1_kernels.png",
-        title=f"Learned conv1 kernels ({member.spec.name})",
-    )
-    test_features = lenet_features(model, data.test_images, data, maps=False)
-    figs.tsne_plot(
-        test_features["penultimate"],
-        labels,
-        member.test_proba.argmax(1),
-        folder / "tsne_penultimate.png",
-        points=TSNE_POINTS,
-        title=f"t-SNE of 84-d penultimate features ({member.spec.name}, test set)",
-    )
-    hardest = per_class.sort_values("hard_vote_error", ascending=False)["digit"].head(2).tolist()
-    examples = [int(np.flatnonzero(labels == d)[0]) for d in hardest]
-    figs.feature_maps(
-        data.test_images[examples],
-        lenet_features(model, data.test_images[examples], data),
-        labels[examples],
-        folder / "feature_maps.png",
-    )
-    train_features = lenet_features(model, data.train_images, data, maps=False)["penultimate"]
-    rng = np.random.default_rng(0)
-    queries = rng.choice(len(labels), size=QUERIES, replace=False)
-    figs.neighbour_grid(
-        data.test_images[queries],
-        test_features["penultimate"][queries],
-        data.train_images,
-        train_features,
-        data.train_labels,
-        folder / "nearest_neighbours.png",
-        k=NEIGHBOURS,
-    )
+    comparison = comparison_table(per_repeat, single_accs, len(labels))
+    mcnemar = pd.DataFrame([row for r in repeats for row in mcnemar_rows(r, labels)])
+    write_table(per_repeat, folder / "comparison_by_repeat")
+    write_table(comparison, folder / "comparison", markdown=True)
+    write_table(mcnemar, folder / "mcnemar", markdown=True)
 
-
-@torch.inference_mode()
-def lenet_features(
-    model: Any, images: np.ndarray, data: ImageData, *, maps: bool = True, batch_size: int = 2048
-) -> dict[str, np.ndarray]:
-    """penultimate (N, 84) activations and, with ``maps``, conv1 (N,6,28,28) and conv2
-    (N,16,10,10) feature maps, as numpy. Keep ``maps`` for a few images: they are large."""
-    keys = ("conv1", "conv2", "penultimate") if maps else ("penultimate",)
-    chunks: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    tensor = as_tensor(images)
-    for start in range(0, len(tensor), batch_size):
-        x = normalize_(to_unit_float(tensor[start : start + batch_size]), mean=data.mean, std=data.std)
-        features = model.features(x)
-        for key in keys:
-            chunks[key].append(features[key].numpy())
-    return {k: np.concatenate(v) for k, v in chunks.items()}
+    first = repeats[0]
+    summary = {
+        "repeats": len(repeats),
+        "members": len(next(iter(first.groups.values()))),
+        "main_group": GROUP_LABELS[main_group(first)],
+        "diversity": diversity(first, data),
+        "baseline": first.baseline.spec.config.model if first.baseline else None,
+    }
+    write_json(folder / "diversity.json", summary)
+    predictions = predictions_table(first, labels)
+    write_table(predictions, folder / "predictions", csv=False)
+    per_class = per_class_table(predictions, first, data.num_classes)
+    write_table(per_class, folder / "per_class")
+    group = main_group(first)
+    write_figures(
+        first,
+        data,
+        folder,
+        group=group,
+        label=GROUP_LABELS[group],
+        member=best_member(first.groups[group]),
+        diversity=summary["diversity"],
+        comparison=comparison,
+        predictions=predictions,
+        per_class=per_class,
+    )
+    return {**summary, "lines": summary_lines(comparison, mcnemar)}

@@ -3,46 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.metrics import confusion_matrix
+import pandas as pd
 
+from lenet_core.data import ImageData
 from study.common.files import save_figure
 
 DIGITS = list(range(10))
 
 
-def confusion_matrices(
-    labels: np.ndarray, vote: np.ndarray, resnet: np.ndarray | None, path: Path, *, resnet_name: str | None
-) -> None:
-    panels = [("hard vote", vote)] + ([(resnet_name or "resnet", resnet)] if resnet is not None else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
-    for ax, (name, pred) in zip(axes[0], panels, strict=True):
-        matrix = confusion_matrix(labels, pred, labels=DIGITS)
-        image = ax.imshow(np.log1p(matrix), cmap="Blues")
-        for (i, j), count in np.ndenumerate(matrix):
-            if count:
-                ax.text(
-                    j,
-                    i,
-                    str(count),
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if i == j else "black",
-                )
-        ax.set(
-            title=f"Confusion matrix: {name}",
-            xlabel="predicted digit",
-            ylabel="true digit",
-            xticks=DIGITS,
-            yticks=DIGITS,
-        )
-        fig.colorbar(image, ax=ax, label="log(1 + count)", fraction=0.046)
+def confusion_matrices(labels: np.ndarray, panels: list[tuple[str, np.ndarray]], path: Path) -> None:
+    """Counts (top) and row-normalised rates (bottom: each true digit's row sums to 1) per model."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, axes = plt.subplots(2, len(panels), figsize=(5.4 * len(panels), 10), squeeze=False)
+    for col, (name, pred) in enumerate(panels):
+        for row, (normalize, fmt, what) in enumerate(
+            ((None, "d", "counts"), ("true", ".2f", "row-normalised"))
+        ):
+            ax = axes[row, col]
+            ConfusionMatrixDisplay.from_predictions(
+                labels,
+                pred,
+                labels=DIGITS,
+                normalize=normalize,
+                values_format=fmt,
+                cmap="Blues",
+                ax=ax,
+                colorbar=False,
+                text_kw={"fontsize": 6},
+            )
+            ax.set_title(f"{name}: {what}")
+            ax.set(xlabel="predicted", ylabel="true")
+    fig.suptitle("Confusion matrices on the test set (row-normalised: share of each true class)")
+    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -76,21 +76,66 @@ def misclassified_grid(
 
 
 def vote_accuracy_curve(
-    accuracies: list[float], mean_member: float, resnet: float | None, path: Path
+    curves: dict[str, dict[str, list[float] | float]],
+    single_model: float,
+    baseline: tuple[str, float, float] | None,
+    path: Path,
 ) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ks = np.arange(1, len(accuracies) + 1)
-    ax.plot(ks, accuracies, marker="o", label="hard vote of the first k members")
-    ax.axhline(mean_member, color="grey", linestyle="--", label="mean single member")
-    if resnet is not None:
-        ax.axhline(resnet, color="tab:red", linestyle=":", label="ResNet baseline")
-    ax.set(
-        title="Vote accuracy as members are added",
+    """Left: hard-vote accuracy of k members, mean over random member orders with a 95% band.
+    Right: the same against training seconds, with the baseline as one point (accuracy for compute).
+
+    ``curves``: group -> {"mean", "low", "high": per-k lists, "seconds_per_member": float};
+    ``baseline``: (name, test accuracy, training seconds) or None.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = iter([("tab:blue", "o", "-"), ("tab:orange", "s", "--"), ("tab:green", "^", "-.")])
+    for group, curve in curves.items():
+        colour, marker, line = next(styles)
+        mean = np.asarray(curve["mean"])
+        ks = np.arange(1, len(mean) + 1)
+        seconds = ks * float(curve["seconds_per_member"])
+        for ax, x in ((left, ks), (right, seconds)):
+            ax.plot(x, mean, marker=marker, linestyle=line, color=colour, label=f"{group}, hard vote")
+            ax.fill_between(x, curve["low"], curve["high"], color=colour, alpha=0.15)
+    left.axhline(single_model, color="grey", linestyle=":", label="single model (mean over seeds)")
+    if baseline is not None:
+        name, acc, seconds = baseline
+        left.axhline(acc, color="tab:red", linestyle=(0, (5, 2)), label=name)
+        right.scatter([seconds], [acc], marker="*", s=180, color="tab:red", label=name, zorder=3)
+    left.set(
+        title="Vote accuracy as members are added (band: 95% of random orders)",
         xlabel="members in the vote",
         ylabel="test accuracy",
-        xticks=ks,
+        xticks=np.arange(1, max(len(c["mean"]) for c in curves.values()) + 1),
     )
-    ax.legend()
+    right.set(
+        title="Accuracy for training compute", xlabel="training seconds (summed)", ylabel="test accuracy"
+    )
+    for ax in (left, right):
+        ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def reliability_diagram(models: list[tuple[str, np.ndarray]], labels: np.ndarray, path: Path) -> None:
+    """Accuracy against confidence in 15 bins per model; the diagonal is perfect calibration."""
+    from study.common.stats import expected_calibration_error, reliability_curve
+
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for (name, proba), marker in zip(models, "os^D", strict=False):
+        curve = reliability_curve(proba, labels)
+        curve = curve[curve["count"] > 0]
+        ece = expected_calibration_error(proba, labels)
+        ax.plot(curve["confidence"], curve["accuracy"], marker=marker, label=f"{name} (ECE {ece:.3f})")
+    ax.set(
+        title="Reliability diagram (test set, 15 bins)",
+        xlabel="confidence (top-class probability)",
+        ylabel="accuracy",
+        xlim=(0, 1.02),
+        ylim=(0, 1.02),
+    )
+    ax.legend(fontsize="small", loc="upper left")
     save_figure(fig, path)
 
 
@@ -172,13 +217,9 @@ def neighbour_grid(
     k: int,
 ) -> None:
     """Each row: a test image, then its k nearest training images in penultimate-feature space."""
-    # squared distances (Q, N) without forming differences of all pairs
-    d2 = (
-        (query_features**2).sum(1)[:, None]
-        - 2 * query_features @ train_features.T
-        + (train_features**2).sum(1)[None, :]
-    )
-    nearest = np.argsort(d2, axis=1)[:, :k]
+    from sklearn.neighbors import NearestNeighbors
+
+    nearest = NearestNeighbors(n_neighbors=k).fit(train_features).kneighbors(query_features)[1]  # (Q, k)
     fig, axes = plt.subplots(
         len(query_images), k + 1, figsize=((k + 1) * 1.2, len(query_images) * 1.4), squeeze=False
     )
@@ -192,3 +233,109 @@ def neighbour_grid(
             row[j + 1].set_title(f"label {train_labels[idx]}", fontsize=8)
     fig.suptitle(f"{k} nearest training images in the 84-d feature space (query in red)")
     save_figure(fig, path)
+
+
+TSNE_POINTS = 1500  # t-SNE is O(n^2)-ish on 2 cores; a random subset of the test set suffices
+MISCLASSIFIED_SHOWN = 24
+NEIGHBOURS = 8
+QUERIES = 4
+
+
+def write_figures(
+    repeat: Any,
+    data: ImageData,
+    folder: Path,
+    *,
+    group: str,
+    label: str,
+    member: Any,
+    diversity: dict[str, Any],
+    comparison: pd.DataFrame,
+    predictions: pd.DataFrame,
+    per_class: pd.DataFrame,
+) -> None:
+    """Every figure of one repeat's ``group`` ensemble; ``member`` is its best member by validation."""
+    from lenet_core.train import load_trial_model, model_features
+
+    labels = data.test_labels
+    members = repeat.groups[group]
+    vote = predictions["hard_vote_pred"].to_numpy()
+    probas = np.stack([m.test_proba for m in members])  # (M, N, C)
+    panels = [(f"{label}, hard vote", vote)]
+    if repeat.baseline is not None:
+        panels.append((repeat.baseline.spec.config.model, predictions["resnet_pred"].to_numpy()))
+    confusion_matrices(labels, panels, folder / "confusion_matrices.png")
+    misclassified_grid(
+        data.test_images,
+        labels,
+        vote,
+        probas.mean(axis=0)[np.arange(len(vote)), vote],
+        folder / "misclassified.png",
+        limit=MISCLASSIFIED_SHOWN,
+    )
+    by_model = comparison.set_index("model")
+    baseline = None
+    if repeat.baseline is not None:
+        name = repeat.baseline.spec.config.model
+        baseline = (
+            name,
+            float(by_model.loc[name, "test_acc"]),
+            float(by_model.loc[name, "training_seconds"]),
+        )
+    curves = {
+        name: {
+            "mean": entry["vote_accuracy_by_members_mean"],
+            "low": entry["vote_accuracy_by_members_low"],
+            "high": entry["vote_accuracy_by_members_high"],
+            "seconds_per_member": entry["seconds_per_member"],
+        }
+        for name, entry in diversity.items()
+    }
+    vote_accuracy_curve(
+        curves,
+        float(by_model.loc["single model", "test_acc"]),
+        baseline,
+        folder / "vote_accuracy_by_members.png",
+    )
+    calibrated = [
+        ("single model", repeat.groups["seed"][0].test_proba),
+        (f"{label}, soft vote", probas.mean(0)),
+    ]
+    if repeat.baseline is not None:
+        calibrated.append((repeat.baseline.spec.config.model, repeat.baseline.test_proba))
+    reliability_diagram(calibrated, labels, folder / "reliability.png")
+
+    model = load_trial_model(member.spec.config, member.state_dict).eval()
+    conv1_kernels(
+        model.conv1.weight.detach().numpy(),
+        folder / "conv1_kernels.png",
+        title=f"Learned conv1 kernels ({member.spec.name})",
+    )
+    test_features = model_features(model, data.test_images, data=data)["penultimate"]  # (N, 84)
+    tsne_plot(
+        test_features,
+        labels,
+        member.test_proba.argmax(1),
+        folder / "tsne_penultimate.png",
+        points=TSNE_POINTS,
+        title=f"t-SNE of 84-d penultimate features ({member.spec.name}, test set)",
+    )
+    hardest = per_class.sort_values("hard_vote_error", ascending=False)["digit"].head(2).tolist()
+    examples = [int(np.flatnonzero(labels == d)[0]) for d in hardest]
+    feature_maps(
+        data.test_images[examples],
+        model_features(model, data.test_images[examples], data=data, keys=("conv1", "conv2")),
+        labels[examples],
+        folder / "feature_maps.png",
+    )
+    train_features = model_features(model, data.train_images, data=data)["penultimate"]
+    queries = np.random.default_rng(0).choice(len(labels), size=QUERIES, replace=False)
+    neighbour_grid(
+        data.test_images[queries],
+        test_features[queries],
+        data.train_images,
+        train_features,
+        data.train_labels,
+        folder / "nearest_neighbours.png",
+        k=NEIGHBOURS,
+    )

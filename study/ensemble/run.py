@@ -1,8 +1,16 @@
-"""`study ensemble`: bagged LeNet members and a ResNet baseline, trained as Ray tasks, then voted.
+"""`study ensemble`: LeNet ensembles against fair baselines, trained as Ray tasks, then voted.
 
-Each member is ``train_trial`` on a seeded bootstrap resample of the training split (its
-out-of-bag images are known, so OOB accuracy comes for free). Members are checkpointed as they
-finish (weights, test and OOB probabilities), and a re-run with the same name reuses them.
+Every model shares one train/validation split (``split_seed``). Per repeat, with M members:
+
+- a *seed ensemble*: M LeNets on the full training split, differing only by seed; each of them
+  is also one draw of the *single model* baseline (mean and interval over seeds);
+- a *bagged ensemble* (``resample="bootstrap"``): M LeNets, each on a seeded bootstrap resample
+  of the split, with the same M seeds (so bagging is the only difference); out-of-bag images are
+  known, so OOB accuracy comes for free;
+- the ResNet baseline on the full split.
+
+``repeats`` independent ensembles use disjoint seeds. Members are checkpointed as they finish
+(weights, test and OOB probabilities); ``--resume`` reuses them.
 """
 
 from __future__ import annotations
@@ -27,13 +35,19 @@ RESNETS = ("resnet18", "resnet34", "resnet50", "none")
 MEMBERS_FOLDER = "members"
 
 
+RESAMPLES = ("bootstrap", "none")
+GROUPS = ("seed", "bagged", "baseline")  # seed ensemble, bagged ensemble, ResNet
+
+
 @dataclass(frozen=True)
 class MemberSpec:
-    """One model to train: its config and, for bagged members, the bootstrap seed."""
+    """One model to train: its config, its group and repeat, and for bagged members the bootstrap seed."""
 
-    name: str  # "member_00", ..., or the ResNet's name
+    name: str  # "r0_seed_00", "r0_bagged_03", "r1_resnet18", ...
     config: TrialConfig
-    bootstrap_seed: int | None  # None: the whole training split (the ResNet baseline)
+    bootstrap_seed: int | None  # None: the whole training split
+    group: str = "seed"  # one of GROUPS
+    repeat: int = 0
 
     def identity(self) -> dict[str, Any]:
         """What decides the trained model; where it ran (device, threads) does not count."""
@@ -47,25 +61,40 @@ class MemberOutput:
     summary: dict[str, Any]  # TrialResult.summary()
     state_dict: dict[str, Any]
     test_proba: np.ndarray  # (N_test, 10)
-    oob_idx: np.ndarray  # indices into the train split the member never saw (empty for ResNet)
+    oob_idx: np.ndarray  # indices into the train split the member never saw (empty unless bagged)
     oob_proba: np.ndarray  # (len(oob_idx), 10)
 
 
-def member_specs(configs: list[TrialConfig], members: int, *, seed: int) -> list[MemberSpec]:
-    """``members`` bagged members cycling over ``configs`` (one config: all members share it).
+def member_specs(
+    configs: list[TrialConfig], members: int, *, seed: int, repeats: int = 1, resample: str = "bootstrap"
+) -> list[MemberSpec]:
+    """Seed-ensemble (and, with bootstrap, bagged) members of every repeat, cycling over ``configs``.
 
-    Member i uses seed ``seed + i`` for its initialization, batch order and bootstrap.
+    Member i of repeat r uses seed ``seed + r * members + i`` for its initialization and batch
+    order, and the bagged member i the same seed for its bootstrap: repeats never share a seed.
     """
     if members < 2:
         raise ConfigError(f"--members must be >= 2 for a vote, got {members}")
-    return [
-        MemberSpec(
-            name=f"member_{i:02d}",
-            config=configs[i % len(configs)].replace(seed=seed + i),
-            bootstrap_seed=seed + i,
-        )
-        for i in range(members)
-    ]
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    if resample not in RESAMPLES:
+        raise ConfigError(f"unknown --resample {resample!r}; choose one of: {', '.join(RESAMPLES)}")
+    groups = ["seed", "bagged"] if resample == "bootstrap" else ["seed"]
+    specs = []
+    for repeat in range(repeats):
+        for group in groups:
+            for i in range(members):
+                member_seed = seed + repeat * members + i
+                specs.append(
+                    MemberSpec(
+                        name=f"r{repeat}_{group}_{i:02d}",
+                        config=configs[i % len(configs)].replace(seed=member_seed),
+                        bootstrap_seed=member_seed if group == "bagged" else None,
+                        group=group,
+                        repeat=repeat,
+                    )
+                )
+    return specs
 
 
 def bagging_indices(spec: MemberSpec, data: ImageData) -> tuple[np.ndarray | None, np.ndarray]:
@@ -184,15 +213,16 @@ def top_k_configs(best_path: Path, k: int, overrides: dict[str, Any]) -> list[Tr
 
 # The ResNet gets the standard recipe rather than LeNet's tuned optimizer and learning rate,
 # which need not suit a 11-23M parameter network with batch norm.
-RESNET_RECIPE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0}
+RESNET_RECIPE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": None}
 
 
-def resnet_spec(base: TrialConfig, resnet: str, seed: int) -> MemberSpec | None:
-    """The ResNet baseline: same data, epochs and batch size as the members, whole train split."""
+def resnet_specs(base: TrialConfig, resnet: str, *, seed: int, repeats: int = 1) -> list[MemberSpec]:
+    """The ResNet baseline of every repeat: same data, split, epochs and batch size as the members,
+    on the whole training split, seed ``seed + repeat``."""
     if resnet not in RESNETS:
         raise ConfigError(f"unknown --resnet {resnet!r}; choose one of: {', '.join(RESNETS)}")
     if resnet == "none":
-        return None
+        return []
     values = {
         **base.to_dict(),
         **RESNET_RECIPE,
@@ -200,12 +230,18 @@ def resnet_spec(base: TrialConfig, resnet: str, seed: int) -> MemberSpec | None:
         "variant": None,
         "activation": None,
         "pooling": None,
-        "seed": seed,
     }
-    return MemberSpec(name=resnet, config=from_dict(values, source="--resnet"), bootstrap_seed=None)
-
-
-# ------------------------------------------------------------------ training in parallel
+    config = from_dict(values, source="--resnet")
+    return [
+        MemberSpec(
+            name=f"r{repeat}_{resnet}",
+            config=config.replace(seed=seed + repeat),
+            bootstrap_seed=None,
+            group="baseline",
+            repeat=repeat,
+        )
+        for repeat in range(repeats)
+    ]
 
 
 def _train_member_task(spec: MemberSpec, data: ImageData) -> MemberOutput:
@@ -274,12 +310,30 @@ def train_all(
     return outputs
 
 
+@dataclass(frozen=True)
+class EnsemblePlan:
+    """What `study ensemble` trains besides the members' own config."""
+
+    members: int = 5
+    repeats: int = 1
+    resample: str = "bootstrap"  # "none": the seed ensemble and the single model only
+    resnet: str = "resnet18"
+    resnet_precision: str | None = None  # None: the members' precision
+
+    def specs(self, configs: list[TrialConfig], base: TrialConfig) -> list[MemberSpec]:
+        """Every model to train, members first, then the ResNet of each repeat."""
+        members = member_specs(
+            configs, self.members, seed=base.seed, repeats=self.repeats, resample=self.resample
+        )
+        resnet_base = base if self.resnet_precision is None else base.replace(precision=self.resnet_precision)
+        return members + resnet_specs(resnet_base, self.resnet, seed=base.seed, repeats=self.repeats)
+
+
 def run_ensemble(
     configs: list[TrialConfig],
     *,
     base: TrialConfig,
-    members: int,
-    resnet: str,
+    plan: EnsemblePlan,
     data: ImageData,
     cluster: Any,
     out: Path,
@@ -288,53 +342,17 @@ def run_ensemble(
     overwrite: bool = False,
     say: Any = print,
 ) -> dict[str, Any]:
-    """Train (or, with ``resume``, reuse) the members and the baseline, vote, and write every
-    table and figure to OUT/NAME/ensemble/."""
-    from study.common.files import run_folder
-
-    with run_folder(out, name, "ensemble", resume=resume, overwrite=overwrite) as folder:
-        return _run_ensemble_in(
-            folder, configs, base=base, members=members, resnet=resnet, data=data, cluster=cluster, say=say
-        )
-
-
-def _run_ensemble_in(
-    folder: Path,
-    configs: list[TrialConfig],
-    *,
-    base: TrialConfig,
-    members: int,
-    resnet: str,
-    data: ImageData,
-    cluster: Any,
-    say: Any,
-) -> dict[str, Any]:
-    from study.common.files import write_provenance
+    """Train (or, with ``resume``, reuse) every model, vote, and write every table and figure
+    to OUT/NAME/ensemble/."""
+    from study.common.files import run_folder, write_provenance
     from study.ensemble.analysis import analyze
 
-    specs = member_specs(configs, members, seed=base.seed)
-    baseline = resnet_spec(base, resnet, seed=base.seed)
-    outputs = train_all(
-        specs + ([baseline] if baseline else []), data=data, cluster=cluster, folder=folder, say=say
-    )
-    summary = analyze(
-        [outputs[s.name] for s in specs],
-        outputs[baseline.name] if baseline else None,
-        data,
-        folder,
-        seed=base.seed,
-    )
-    resnet_part = f"; {baseline.name} {summary['resnet_test_acc']:.4f}" if baseline else ""
-    say(
-        f"mean single-member test accuracy {summary['mean_member_test_acc']:.4f}; hard vote "
-        f"{summary['hard_vote_test_acc']:.4f}; soft vote {summary['soft_vote_test_acc']:.4f}" + resnet_part
-    )
-    vs_resnet = f", vs {baseline.name} {summary['mcnemar_p_hard_vote_vs_resnet']:.3g}" if baseline else ""
-    say(
-        f"McNemar p (hard vote vs best member) {summary['mcnemar_p_hard_vote_vs_best_member']:.3g}"
-        f"{vs_resnet}; disagreement {summary['mean_pairwise_disagreement']:.4f}, oracle "
-        f"{summary['oracle_accuracy']:.4f}, ensemble OOB {summary['ensemble_oob_acc']:.4f}"
-    )
-    write_provenance(folder, data=data, extra={"kind": "ensemble", "members": members, "resnet": resnet})
+    specs = plan.specs(configs, base)  # validates the plan before anything is written
+    with run_folder(out, name, "ensemble", resume=resume, overwrite=overwrite) as folder:
+        outputs = train_all(specs, data=data, cluster=cluster, folder=folder, say=say)
+        summary = analyze([outputs[s.name] for s in specs], data, folder)
+        write_provenance(folder, data=data, extra={"kind": "ensemble", "plan": vars(plan)})
+    for line in summary["lines"]:
+        say(line)
     say(f"results -> {folder}")
     return summary

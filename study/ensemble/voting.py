@@ -1,4 +1,4 @@
-"""Votes, confidence intervals, significance and diversity for ensembles. Pure numpy/scipy.
+"""Votes and diversity for ensembles (intervals and tests: ``study.common.stats``). Pure numpy.
 
 Shapes: M members, N images, C classes. ``probas`` is (M, N, C); ``preds`` is (M, N) int.
 """
@@ -6,9 +6,8 @@ Shapes: M members, N images, C classes. ``probas`` is (M, N, C); ``preds`` is (M
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import binomtest
 
-BOOTSTRAP_ROUNDS = 2000  # resamples of the test set for a 95% interval of accuracy
+ORDERS = 50  # random member orders the accuracy-vs-members curve is averaged over
 
 
 def hard_vote(probas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -27,6 +26,13 @@ def hard_vote(probas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return winner, votes[np.arange(len(winner)), winner], ordered[:, -1] - ordered[:, -2]
 
 
+def vote_share(probas: np.ndarray) -> np.ndarray:
+    """(N, C) fraction of members voting for each class: the only probability a hard vote has."""
+    n_classes = probas.shape[2]
+    preds = probas.argmax(axis=2)  # (M, N)
+    return np.stack([(preds == c).mean(axis=0) for c in range(n_classes)], axis=1)
+
+
 def soft_vote(probas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Argmax of the mean probability: (prediction (N,), its mean probability (N,))."""
     mean = probas.mean(axis=0)
@@ -36,26 +42,6 @@ def soft_vote(probas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float((pred == labels).mean()) if len(labels) else float("nan")
-
-
-def bootstrap_ci(
-    correct: np.ndarray, *, seed: int = 0, rounds: int = BOOTSTRAP_ROUNDS
-) -> tuple[float, float]:
-    """95% percentile interval of accuracy from resampling the test images with replacement."""
-    rng = np.random.default_rng(seed)
-    n = len(correct)
-    means = correct[rng.integers(0, n, size=(rounds, n))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> float:
-    """Two-sided exact McNemar p-value: binomial test on the discordant pairs."""
-    only_a = int((a_correct & ~b_correct).sum())
-    only_b = int((~a_correct & b_correct).sum())
-    if only_a + only_b == 0:
-        return 1.0
-    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
 def mean_pairwise_disagreement(preds: np.ndarray) -> float:
@@ -72,9 +58,21 @@ def oracle_accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
     return float((preds == labels[None, :]).any(axis=0).mean())
 
 
-def accuracy_as_members_are_added(probas: np.ndarray, labels: np.ndarray) -> list[float]:
-    """Hard-vote accuracy of the first k members, k = 1..M."""
-    return [accuracy(hard_vote(probas[:k])[0], labels) for k in range(1, len(probas) + 1)]
+def accuracy_as_members_are_added(
+    probas: np.ndarray, labels: np.ndarray, *, orders: int = ORDERS, seed: int = 0
+) -> np.ndarray:
+    """Hard-vote accuracy of the first k members, k = 1..M, over random member orders.
+
+    Returns (orders, M): one row per seeded random permutation of the members, so a curve is
+    not the accident of one order; average the rows and take percentiles for a band.
+    """
+    rng = np.random.default_rng(seed)
+    n_members = len(probas)
+    curves = np.empty((orders, n_members))
+    for row in range(orders):
+        order = rng.permutation(n_members)
+        curves[row] = [accuracy(hard_vote(probas[order[:k]])[0], labels) for k in range(1, n_members + 1)]
+    return curves
 
 
 def out_of_bag_vote(

@@ -1,7 +1,9 @@
-"""Figures of sweep and data-fraction experiments; means over seeds, diverging runs shown."""
+"""Figures of sweep and data-fraction experiments: means over ok seeds with bands, failed runs
+(diverged, collapsed) drawn apart and never averaged in, legends outside the data."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -10,9 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from study.common.files import save_figure
-from study.sweep.tables import label_of
+from study.sweep.tables import FAILED_STATUSES, label_of
 
 LOG_METRICS = {"train_loss", "val_loss"}
 TITLES = {
@@ -23,65 +26,175 @@ TITLES = {
     "test_error": "test error",
     "test_acc": "test accuracy",
 }
+# Up to 20 distinct colours, then the line style changes: every series stays distinguishable.
+COLOURS = plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def series_styles() -> itertools.cycle:
+    return itertools.cycle(
+        [(c, ls) for ls in LINESTYLES for c in COLOURS[:10]] + [(c, "-") for c in COLOURS[10:]]
+    )
+
+
+def _grid_points(
+    runs: pd.DataFrame, epochs: pd.DataFrame, swept: list[str]
+) -> list[tuple[str, pd.DataFrame]]:
+    """(label, per-epoch rows of that grid point's runs, with the run's final status)."""
+    # the run's final status counts; a swept field (e.g. lr) names the point, not the epoch's value
+    per_epoch = epochs.drop(columns=["status", "seed", *swept], errors="ignore")
+    merged = per_epoch.merge(runs[["run", "seed", *swept, "status"]], on="run")
+    points = []
+    for key, part in merged.groupby(swept, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        points.append((label_of(dict(zip(swept, key, strict=True)), swept), part))
+    return points
+
+
+def _ok_limits(values: pd.Series, metric: str) -> tuple[float, float] | None:
+    """Axis limits from ok runs only, so a diverged run cannot stretch the axis to 1e10."""
+    finite = values[np.isfinite(values)]
+    if finite.empty:
+        return None
+    low, high = float(finite.min()), float(finite.max())
+    if metric in LOG_METRICS:
+        return low / 1.5, high * 1.5
+    pad = 0.05 * (high - low or 1.0)
+    return low - pad, high + pad
+
+
+def _plot_metric(ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: str, *, legend: bool) -> None:
+    styles = series_styles()
+    ok_values = []
+    for label, part in points:
+        colour, linestyle = next(styles)
+        ok = part[~part["status"].isin(FAILED_STATUSES)]
+        failed = part[part["status"].isin(FAILED_STATUSES)]
+        if len(ok):
+            stats = ok.groupby("epoch")[metric].agg(["mean", "std", "count"])
+            n = int(ok["seed"].nunique())
+            ax.plot(
+                stats.index,
+                stats["mean"],
+                color=colour,
+                linestyle=linestyle,
+                marker="o",
+                markersize=3,
+                label=f"{label} (n={n})" if legend else None,
+            )
+            if n > 1:  # a band only where there are seeds to spread
+                ax.fill_between(
+                    stats.index,
+                    stats["mean"] - stats["std"],
+                    stats["mean"] + stats["std"],
+                    color=colour,
+                    alpha=0.12,
+                    linewidth=0,
+                )
+            ok_values.append(ok[metric])
+        if len(failed):
+            for _, run in failed.groupby("run"):
+                ax.plot(run["epoch"], run[metric], color=colour, linestyle=":", linewidth=0.8)
+                ax.scatter(
+                    [run["epoch"].iloc[-1]],
+                    [run[metric].iloc[-1]],
+                    marker="x",
+                    s=50,
+                    color=colour,
+                    label=f"{label}: {run['status'].iloc[0]}" if legend else None,
+                )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    if metric in LOG_METRICS:
+        ax.set_yscale("log")
+    limits = _ok_limits(pd.concat(ok_values), metric) if ok_values else None
+    if limits is not None:
+        ax.set_ylim(*limits)  # failed runs beyond it are clipped; their x marks say where they ended
 
 
 def curves(
     runs: pd.DataFrame, epochs: pd.DataFrame, swept: list[str], metric: str, path: Path, *, title: str
 ) -> None:
-    """Per-epoch ``metric``, one line per grid point (mean over seeds); diverged runs marked."""
-    per_epoch = epochs.drop(columns=["status"], errors="ignore")  # the run's final status counts
-    merged = per_epoch.merge(runs[["run", *swept, "status"]], on="run")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, part in merged.groupby(swept, sort=False, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        label = label_of(dict(zip(swept, key, strict=True)), swept)
-        mean = part.groupby("epoch")[metric].mean()
-        diverged = (part["status"] == "diverged").any()
-        finite = mean[np.isfinite(mean)]
-        (line,) = ax.plot(
-            finite.index,
-            finite.values,
-            marker="o",
-            markersize=3,
-            label=label + (" (diverged)" if diverged else ""),
-        )
-        if diverged and len(finite):
-            ax.scatter([finite.index[-1]], [finite.values[-1]], marker="x", s=80, color=line.get_color())
-        elif diverged:
-            ax.scatter([1], [np.nan], marker="x", color=line.get_color())
-    if metric in LOG_METRICS:
-        ax.set_yscale("log")
+    """Per-epoch ``metric``, one line per grid point: mean over its ok seeds, band ± 1 std when
+    there are several; failed runs dotted and marked x where they ended, never averaged in."""
+    points = _grid_points(runs, epochs, swept)
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    _plot_metric(ax, points, metric, legend=True)
     ax.set(
         title=title,
         xlabel="epoch",
         ylabel=TITLES.get(metric, metric) + (" (log)" if metric in LOG_METRICS else ""),
     )
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="mean over seeds ± std")
     save_figure(fig, path)
 
 
+def learning_curves(
+    runs: pd.DataFrame, epochs: pd.DataFrame, swept: list[str], path: Path, *, title: str
+) -> None:
+    """Training against validation loss and accuracy per epoch for every grid point, seed bands."""
+    points = _grid_points(runs, epochs, swept)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
+    for ax, metric in zip(axes.flat, ("train_loss", "val_loss", "train_acc", "val_acc"), strict=True):
+        _plot_metric(ax, points, metric, legend=ax is axes[0, 0])
+        ax.set(title=TITLES[metric], xlabel="epoch", ylabel=TITLES[metric])
+    fig.suptitle(f"{title}: training vs validation (mean over seeds, band ± 1 std)")
+    fig.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 0.93))
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+VERDICT_COLOURS = {
+    "best": "tab:green",
+    "tied": "tab:blue",
+    "worse": "tab:grey",
+    "better": "tab:purple",
+    "n/a": "tab:olive",
+    "failed": "tab:red",
+}
+
+
 def error_bars(summary: pd.DataFrame, swept: list[str], path: Path, *, title: str) -> None:
-    """Test error mean and standard deviation over seeds for every grid point."""
-    ordered = summary.sort_values("test_error_mean")
-    labels = [label_of(row, swept) for _, row in ordered.iterrows()]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.6))
-    ax.barh(
-        labels,
-        ordered["test_error_mean"],
-        xerr=ordered["test_error_std"].fillna(0),
-        color="tab:blue",
-        label="mean test error, ± 1 std over seeds",
-    )
+    """Test error per grid point: mean of ok runs with its 95% t-interval (only where n > 1),
+    coloured by the verdict against the best point (paired over seeds, Holm-corrected)."""
+    ordered = summary.sort_values("test_error_mean", na_position="last")
+    labels = [
+        f"{label_of(row, swept)}  (n={int(row['n'])}"
+        + (f", {int(row['failed'])} failed)" if row["failed"] else ")")
+        for _, row in ordered.iterrows()
+    ]
+    means = ordered["test_error_mean"].fillna(0.0)
+    has_interval = ordered["n"] > 1
+    low = np.where(has_interval, means - ordered["ci95_low"], 0.0)
+    high = np.where(has_interval, ordered["ci95_high"] - means, 0.0)
+    colours = [VERDICT_COLOURS.get(v, "tab:grey") for v in ordered["verdict"]]
+    fig, ax = plt.subplots(figsize=(8.5, 0.38 * len(labels) + 1.8))
+    ax.barh(labels, means, xerr=np.vstack([low, high]), color=colours, capsize=3)
+    for i, (_, row) in enumerate(ordered.iterrows()):
+        if row["n"] == 0:
+            ax.text(0, i, "  every run failed", va="center", color="tab:red", fontsize="small")
     ax.invert_yaxis()
-    ax.set(title=title, xlabel="test error", ylabel="configuration")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.set(title=title, xlabel="test error (mean of ok runs, 95% t-interval where n > 1)")
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=c)
+        for v, c in VERDICT_COLOURS.items()
+        if v in set(ordered["verdict"])
+    ]
+    ax.legend(
+        handles,
+        [v for v in VERDICT_COLOURS if v in set(ordered["verdict"])],
+        title="vs best (Holm)",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize="small",
+    )
     save_figure(fig, path)
 
 
 def fraction_plot(runs: pd.DataFrame, path: Path, *, title: str) -> None:
-    """Training and test error against the number of training examples, log-log."""
-    grouped = runs.groupby("train_images")[["train_error", "test_error"]].mean()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    """Training and test error against the number of training examples, log-log (ok runs)."""
+    ok = runs[~runs["status"].isin(FAILED_STATUSES)]
+    grouped = ok.groupby("train_images")[["train_error", "test_error"]].mean()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     floor = 1e-4  # a perfect training fit would vanish from a log axis
     ax.plot(
         grouped.index,
@@ -89,9 +202,13 @@ def fraction_plot(runs: pd.DataFrame, path: Path, *, title: str) -> None:
         marker="o",
         label="training error (running, last epoch)",
     )
-    ax.plot(grouped.index, grouped["test_error"].clip(lower=floor), marker="s", label="test error")
+    ax.plot(
+        grouped.index, grouped["test_error"].clip(lower=floor), marker="s", linestyle="--", label="test error"
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(grouped.index, [f"{int(n):,}" for n in grouped.index], rotation=30, ha="right")
+    ax.minorticks_off()
     ax.set(title=title, xlabel="training examples (log)", ylabel="error (log)")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save_figure(fig, path)

@@ -136,6 +136,7 @@ def write_sweep_figures(
         figs.curves(
             runs, epochs, swept, experiment.curve, folder / f"{experiment.curve}_per_epoch.png", title=title
         )
+    figs.learning_curves(runs, epochs, swept, folder / "learning_curves.png", title=title)
     figs.error_bars(summary, swept, folder / "test_error.png", title=f"Test error: {title}")
 
 

@@ -1,4 +1,5 @@
-"""Sweep tables: one row per grid point over its seeds, and the label that names a grid point."""
+"""Sweep tables: one row per grid point over its seeds, with the statistics every comparison
+needs (``study.common.stats``), and the label that names a grid point."""
 
 from __future__ import annotations
 
@@ -7,16 +8,29 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from study.common.stats import compare_conditions
+
+FAILED_STATUSES = ("diverged", "collapsed")
+# Means of ok runs only (failed runs are counted in "failed", never averaged in).
+EXTRA_MEANS = {
+    "val_acc": "val_acc_mean",
+    "final_train_loss": "final_train_loss_mean",
+    "seconds": "seconds_mean",
+}
+
 
 def summarize(runs: pd.DataFrame, swept: list[str]) -> pd.DataFrame:
-    """Mean and standard deviation over seeds for every grid point."""
-    metrics = ["test_error", "val_acc", "final_train_loss", "seconds"]
-    grouped = runs.groupby(swept, dropna=False, sort=False)
-    table = grouped[metrics].agg(["mean", "std"])
-    table.columns = [f"{m}_{s}" for m, s in table.columns]
-    table["runs"] = grouped.size()
-    table["diverged"] = grouped["status"].agg(lambda s: int((s == "diverged").sum()))
-    return table.reset_index()
+    """Per grid point: n ok runs, failed runs, test error mean, std and 95% t-interval, and the
+    paired test against the best point over matching seeds (Holm-corrected), with a verdict."""
+    table = compare_conditions(
+        runs, by=swept, metric="test_error", pair_on="seed", failed_statuses=FAILED_STATUSES
+    )
+    table = table.rename(columns={"mean": "test_error_mean", "std": "test_error_std"})
+    ok = runs[~runs["status"].isin(FAILED_STATUSES)]
+    means = ok.groupby(swept, dropna=False, sort=False)[list(EXTRA_MEANS)].mean().rename(columns=EXTRA_MEANS)
+    merged = table.merge(means.reset_index(), on=swept, how="left")
+    merged.attrs = table.attrs
+    return merged
 
 
 def label_of(row: Any, swept: list[str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ SCHEDULERS = ("asha", "none")
 RAY_FOLDER = "ray"  # Tune's experiment (TensorBoard logs, trial state) under the tune folder
 STUDY_FILE = "study.json"  # what the study was started with; a resume must match it
 MAX_FAILURES = 2  # retries of a crashed trial worker before the trial counts as errored
+RUN_FILE = "run.json"  # written last: how the run ended
+DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+DURATION = re.compile(r"(?:\d+(?:\.\d+)?[hms])+|\d+(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,86 @@ class TuneSettings:
     trials: int
     scheduler: str = "asha"
     max_failures: int = MAX_FAILURES
+    time_budget_s: float | None = None  # Tune's time_budget_s: no trial starts once it is spent
 
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {self.trials}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose one of: asha, none")
+        budget = self.time_budget_s
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise ConfigError(f"--time-budget must be a positive duration, got {budget} s")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration like 90, 90s, 30m, 1.5h or 1h30m (a plain number is seconds)."""
+    cleaned = text.strip().lower()
+    if not DURATION.fullmatch(cleaned):
+        raise ConfigError(
+            f"--time-budget {text!r} is not a duration; give e.g. 90s, 30m, 1h or 1h30m "
+            "(a plain number is seconds)"
+        )
+    if cleaned[-1].isdigit():
+        seconds = float(cleaned)
+    else:
+        seconds = sum(float(n) * DURATION_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", cleaned))
+    if seconds <= 0:
+        raise ConfigError(f"--time-budget {text!r} must be longer than 0 s")
+    return seconds
+
+
+def duration_text(seconds: float) -> str:
+    """30 s, 30 min, 1 h 30 min: how run.json and the console name a budget."""
+    whole = round(seconds)
+    if whole < 60 or seconds != whole:
+        return f"{seconds:g} s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else "", f"{secs} s" if secs else ""]
+    return " ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class StudyEnd:
+    """How a run of a study ended: what the console, summary.md and run.json say about it.
+
+    A spent time budget is a normal end: trials it kept from starting are not in the tables, and
+    trials it cut short stay "unfinished" with the epochs they ran (they never run again).
+    """
+
+    asked: int  # --trials
+    ran: int  # rows in the tables
+    finished: int  # trials that ended: completed, diverged, collapsed, pruned or errored
+    budget_s: float | None = None
+    budget_spent: bool = False
+
+    @property
+    def interrupted(self) -> bool:
+        return self.finished < self.asked and not self.budget_spent
+
+    @property
+    def reason(self) -> str:
+        if self.finished >= self.asked:
+            return f"all {self.asked} trials finished"
+        if self.budget_spent and self.budget_s is not None:
+            cut = self.ran - self.finished
+            return (
+                f"time budget of {duration_text(self.budget_s)} spent after {self.ran} of {self.asked} "
+                f"trials ({self.finished} finished"
+                + (f", {cut} cut short and left unfinished)" if cut else ")")
+            )
+        return f"interrupted: {self.finished} of {self.asked} trials finished"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trials": self.asked,
+            "trials_run": self.ran,
+            "trials_finished": self.finished,
+            "time_budget_s": self.budget_s,
+            "budget_spent": self.budget_spent,
+            "stop_reason": self.reason,
+        }
 
 
 def worker_memory(data: ImageData) -> dict[str, Any]:
@@ -114,6 +192,7 @@ def study_identity(
         "trials": settings.trials,
         "seed": base.seed,
         "scheduler": settings.scheduler,
+        "time_budget_s": settings.time_budget_s,
     }
 
 
@@ -129,12 +208,20 @@ def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> boo
     if not exists:
         raise StudyError(f"--resume: no study to resume in {folder}")
     saved = read_json(saved_path, what="study file")
-    for key in ("dataset", "data_checksum", "space", "base", "trials", "seed", "scheduler"):
+    # Tune restores the time budget the study started with, whatever a resume asks: refuse another.
+    for key in ("dataset", "data_checksum", "space", "base", "trials", "seed", "scheduler", "time_budget_s"):
         if saved.get(key) != identity[key]:
             raise StudyError(
                 f"--resume refused: the study in {folder} was started with a "
-                f"different {key.replace('_', ' ')}"
+                f"different {key.replace('_s', '').replace('_', ' ')}"
             )
+    last_run = read_json(folder / RUN_FILE, what="run file") if (folder / RUN_FILE).is_file() else {}
+    if last_run.get("budget_spent"):
+        # Tune's searcher is finished for good once the budget stopped it: no trial would start.
+        raise StudyError(
+            f"--resume: the study in {folder} ended normally ({last_run.get('stop_reason')}); "
+            "there is nothing to resume. Start another --name for more trials"
+        )
     return True
 
 
@@ -195,6 +282,8 @@ def build_tuner(
             num_samples=settings.trials,
             max_concurrent_trials=plan.concurrent,
             reuse_actors=True,
+            # Tune's own budget: once spent, no trial starts and running ones are stopped.
+            time_budget_s=settings.time_budget_s,
         ),
         run_config=tune.RunConfig(
             name=RAY_FOLDER,
@@ -243,16 +332,15 @@ def run_study(
     """Run (or resume) a study and write every result file; returns (trials, epochs, folder).
 
     Raises ``StudyInterrupted`` (after writing the tables of what finished) when the study
-    stopped before every trial ended.
+    stopped before every trial ended; a spent ``--time-budget`` is a normal end, not that.
     """
     from study.common.files import run_folder
 
     identity = study_identity(base, space, settings, data)
     with run_folder(out, name, "tune", resume=resume, overwrite=overwrite) as folder:
         resuming = check_resume(folder, identity, resume=resume)
-        if not resuming:
-            write_json(folder / STUDY_FILE, identity)
-        trials, epoch_rows = _fit(
+        trials, epoch_rows, end = _fit(
+            identity=None if resuming else identity,
             base=base,
             space=space,
             settings=settings,
@@ -264,15 +352,16 @@ def run_study(
             probe_memory=probe_memory,
             on_trial_done=on_trial_done,
         )
-        write_study_files(folder, trials, epoch_rows, space=space, data=data, settings=settings)
-    finished = int((trials["status"] != "unfinished").sum())
-    if finished < settings.trials:
-        raise StudyInterrupted(f"{finished} of {settings.trials} trials finished")
+        write_study_files(folder, trials, epoch_rows, space=space, data=data, settings=settings, end=end)
+    say(f"study ended: {end.reason}")
+    if end.interrupted:
+        raise StudyInterrupted(f"{end.finished} of {end.asked} trials finished")
     return trials, epoch_rows, folder
 
 
 def _fit(
     *,
+    identity: dict[str, Any] | None,
     base: TrialConfig,
     space: SearchSpace,
     settings: TuneSettings,
@@ -283,22 +372,30 @@ def _fit(
     say: Any,
     probe_memory: bool,
     on_trial_done: Any,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, StudyEnd]:
     """Start or join Ray, run the trials, and read Tune's results back as tables."""
     from study.common.cluster import ray_session
+    from study.common.console import console
     from study.tune.progress import TrialProgress
     from study.tune.tables import collect_results
 
+    started = time.monotonic()  # the study's clock: Ray's start counts, as the user waits for it
     with ray_session(cluster) as session:
+        if identity is not None:  # a new study: written once Ray is up, so a failed start leaves nothing
+            write_json(folder / STUDY_FILE, identity)
         plan = session.plan
         say(
             f"Ray dashboard: {session.dashboard_url or 'not available'}"
             + (" (token: `ray get-auth-token`)" if session.token_auth else "")
         )
+        budget = f", time budget {duration_text(settings.time_budget_s)}" if settings.time_budget_s else ""
         say(
             f"{'resuming' if resuming else 'starting'} study {folder.parent.name}: {settings.trials} "
             f"trials, {plan.concurrent} at a time ({plan.cpus_per_trial} CPU, {plan.gpus_per_trial:g} "
-            f"GPU each) on {data.name} (sha256 {data.checksum[:12]}) -> {folder}"
+            f"GPU each){budget} on {data.name} (sha256 {data.checksum[:12]}) -> {folder}"
+        )
+        progress = TrialProgress(
+            settings.trials, on_trial_done, epochs=base.epochs, started=started, console=console()
         )
         tuner = build_tuner(
             base=base,
@@ -309,13 +406,39 @@ def _fit(
             folder=folder,
             epochs=base.epochs,  # "epochs" is never searched
             resume=resuming,
-            callbacks=[TrialProgress(settings.trials, on_trial_done)],
+            callbacks=[progress],
             probe_memory=probe_memory,
         )
+        fit_started = time.monotonic()
         grid = tuner.fit()
-        return collect_results(
+        # Tune returns from fit() both when its budget stopped the study and after a Ctrl-C. Its
+        # budget clock starts inside fit(), so a fit shorter than the budget was not stopped by it.
+        budget_spent = settings.time_budget_s is not None and (
+            time.monotonic() - fit_started >= settings.time_budget_s
+        )
+        trials, epochs = collect_results(
             grid, params=list(space.params), data=data, sampled=lambda p: sampled_config(base, p)
         )
+    return study_end(trials, epochs, settings=settings, budget_spent=budget_spent)
+
+
+def study_end(
+    trials: pd.DataFrame, epochs: pd.DataFrame, *, settings: TuneSettings, budget_spent: bool
+) -> tuple[pd.DataFrame, pd.DataFrame, StudyEnd]:
+    """The tables of a run and how it ended; after a spent budget, trials it kept from
+    starting (they never reported an epoch) are dropped: they did not run."""
+    if budget_spent:
+        never_ran = (trials["status"] == "unfinished") & ~trials["trial_id"].isin(epochs["trial_id"])
+        trials = trials[~never_ran].reset_index(drop=True)
+    finished = int((trials["status"] != "unfinished").sum())
+    end = StudyEnd(
+        asked=settings.trials,
+        ran=len(trials),
+        finished=finished,
+        budget_s=settings.time_budget_s,
+        budget_spent=budget_spent and finished < settings.trials,
+    )
+    return trials, epochs, end
 
 
 def write_study_files(
@@ -326,17 +449,39 @@ def write_study_files(
     space: SearchSpace,
     data: ImageData,
     settings: TuneSettings,
+    end: StudyEnd | None = None,
 ) -> None:
-    """trials, epochs, best.json, summary.md, figures and run.json of a study."""
+    """trials, epochs, best.json, summary.md, figures, optuna.db and run.json of a study.
+
+    ``end`` defaults to a run that ended without a budget (finished, or interrupted).
+    """
     from study.common.files import write_provenance, write_table, write_text
     from study.tune.figures import write_tune_figures
+    from study.tune.optuna_store import OPTUNA_FILE, write_optuna_study
     from study.tune.tables import best_trial, summary_markdown, write_best
 
+    if end is None:
+        end = study_end(trials, epochs, settings=settings, budget_spent=False)[2]
     write_table(trials, folder / "trials")
     write_table(epochs, folder / "epochs", csv=False)
     best = best_trial(trials)
     if best is not None:
         write_best(folder, best, data)
-    write_text(folder / "summary.md", summary_markdown(trials, list(space.params)))
+    write_text(folder / "summary.md", with_stop_reason(summary_markdown(trials, list(space.params)), end))
     write_tune_figures(folder, trials, epochs, space.optuna_distributions())
-    write_provenance(folder, data=data, extra={"kind": "tune", "trials": settings.trials})
+    write_optuna_study(
+        folder / OPTUNA_FILE,
+        study_name=folder.parent.name,
+        trials=trials,
+        epochs=epochs,
+        distributions=space.optuna_distributions(),
+        study_ended=not end.interrupted,
+        study_attrs={"dataset": data.name, "data_checksum": data.checksum, "stop_reason": end.reason},
+    )
+    write_provenance(folder, data=data, extra={"kind": "tune", **end.to_dict()})
+
+
+def with_stop_reason(summary: str, end: StudyEnd) -> str:
+    """summary.md with how the study ended, under its title."""
+    title, _, rest = summary.partition("\n")
+    return f"{title}\n\nStudy ended: {end.reason}.\n{rest}"

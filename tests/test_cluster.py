@@ -1,0 +1,295 @@
+"""Ray sessions stay on loopback, join a loopback multi-node cluster, survive losing a node,
+and refuse a port that is not Ray in one line."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from lenet_core.errors import ConfigError, StudyError
+from study.common.cluster import (
+    LOOPBACK,
+    LOOPBACK_SWITCH_ENV,
+    ClusterOptions,
+    bind_warning,
+    check_bind,
+    is_loopback,
+    map_on_ray,
+    ray_session,
+)
+
+# Every Ray test here must finish well inside this; a hang fails the test instead of the suite.
+RUN_LIMIT_S = 120.0
+
+
+@pytest.fixture
+def ray_env() -> Iterator[Path]:
+    """Ray's files and unix sockets in a short temp dir (sockets need < 108 characters), HOME
+    there too (Ray writes ~/.ray), and token auth on as Ray 2.60 has it by default."""
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {
+            "HOME": str(folder),
+            "RAY_TMPDIR": str(folder),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        }.items():
+            env.setenv(name, value)
+        # Ray caches the token in-process: drop whatever an earlier test left there.
+        reset_auth_token_state()
+        yield folder
+    reset_auth_token_state()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def loopback_cluster(ray_env: Path) -> Iterator[tuple[Any, Any]]:
+    """A head and one worker node, 1 CPU each, every port on 127.0.0.1 (as `ray start
+    --node-ip-address 127.0.0.1` starts them); yields (cluster, worker node)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "node_ip_address": LOOPBACK, "include_dashboard": False},
+    )
+    try:
+        worker = cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK)
+        cluster.wait_for_nodes(timeout=60)
+        yield cluster, worker
+    finally:
+        cluster.shutdown()  # only the processes of these two nodes
+
+
+def run_bounded(work: Callable[[], Any], limit_s: float = RUN_LIMIT_S) -> Any:
+    """``work()`` in a thread, failing the test if it has not returned within ``limit_s``."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    assert not thread.is_alive(), f"still running after {limit_s:g} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def listening_sockets() -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every listening socket of this process and its
+    descendants: the driver and every process Ray started for it."""
+    me = psutil.Process()
+    ours = {me.pid, *(child.pid for child in me.children(recursive=True))}
+    found = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in ours:
+            try:
+                name = psutil.Process(conn.pid).name()
+            except psutil.NoSuchProcess:
+                continue
+            found.append((conn.laddr.ip, conn.laddr.port, name))
+    return found
+
+
+def ipv4(address: str) -> str:
+    """Ray's IPv6 sockets show 127.0.0.1 as ::ffff:127.0.0.1."""
+    ip = ipaddress.ip_address(address)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)
+
+
+def node_of(item: int, data: dict[str, Any]) -> tuple[int, str]:
+    """A task: leave a mark (item, node, pid) when it starts, sleep, say where it ran."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    (Path(data["marks"]) / f"{item}.{node}.{os.getpid()}").touch()
+    time.sleep(data["seconds"])
+    return item, node
+
+
+def collect(results: list[tuple[int, str]]) -> Callable[[int, tuple[int, str]], str]:
+    def on_result(item: int, output: tuple[int, str]) -> str:
+        results.append(output)
+        return f"{item} done"
+
+    return on_result
+
+
+def test_local_session_listens_only_on_loopback(ray_env: Path) -> None:
+    import ray
+
+    with ray_session(ClusterOptions()) as session:
+        # a task, so that a worker process is running and listening too
+        assert ray.get(ray.remote(lambda: 1).remote()) == 1
+        time.sleep(1)  # agents finish opening their ports just after ray.init returns
+        sockets = listening_sockets()
+        dashboard_port = int(session.dashboard_url.rsplit(":", 1)[1])
+    names = {name for _, _, name in sockets}
+    assert {"gcs_server", "raylet"} <= names, sockets
+    assert any(name.startswith("ray::") for name in names), sockets  # workers and agents
+    assert dashboard_port in {port for _, port, _ in sockets}
+    assert all(ipv4(address) == LOOPBACK for address, _, _ in sockets), sockets
+    assert LOOPBACK_SWITCH_ENV not in os.environ  # the switch ends with the session
+
+
+def test_bind_accepts_loopback_all_interfaces_or_an_own_address_and_warns_beyond_loopback() -> None:
+    assert check_bind("localhost") == LOOPBACK and check_bind("0.0.0.0") == "0.0.0.0"
+    with pytest.raises(ConfigError, match="not an address of this machine"):
+        check_bind("203.0.113.9")  # TEST-NET-3: never this machine's
+    assert bind_warning(LOOPBACK) is None
+    assert "can run code" in bind_warning("0.0.0.0")
+    assert is_loopback("::ffff:127.0.0.1") and is_loopback("[::1]") and not is_loopback("192.0.2.2")
+
+
+def test_joins_a_loopback_cluster_and_runs_items_on_both_nodes(loopback_cluster, ray_env: Path) -> None:
+    import ray
+
+    cluster, worker = loopback_cluster
+    marks = ray_env / "marks"
+    marks.mkdir()
+    results: list[tuple[int, str]] = []
+    started = time.monotonic()
+    with ray_session(ClusterOptions(address=cluster.address)) as session:
+        joined_s = time.monotonic() - started
+        assert ray._private.worker.global_worker.node.node_ip_address == LOOPBACK
+        assert session.total_cpus == 2 and session.plan.concurrent == 2
+        run_bounded(
+            lambda: map_on_ray(
+                node_of,
+                list(range(4)),
+                data={"marks": str(marks), "seconds": 1.0},
+                plan=session.plan,
+                label="items",
+                name=str,
+                on_result=collect(results),
+            )
+        )
+    assert sorted(item for item, _ in results) == [0, 1, 2, 3]
+    assert {node for _, node in results} == {cluster.head_node.node_id, worker.node_id}
+    assert joined_s < 30, joined_s
+    assert LOOPBACK_SWITCH_ENV not in os.environ
+
+
+def test_item_on_a_lost_node_runs_again_on_the_other_and_completes_once(
+    loopback_cluster, ray_env: Path
+) -> None:
+    cluster, worker = loopback_cluster
+    marks = ray_env / "marks"
+    marks.mkdir()
+    removed = threading.Event()
+
+    def remove_worker_once_busy() -> None:
+        deadline = time.monotonic() + RUN_LIMIT_S
+        while time.monotonic() < deadline:
+            if any(mark.name.split(".")[1] == worker.node_id for mark in marks.iterdir()):
+                cluster.remove_node(worker)  # its raylet, and the task sleeping on it, die
+                removed.set()
+                return
+            time.sleep(0.05)
+
+    results: list[tuple[int, str]] = []
+    with ray_session(ClusterOptions(address=cluster.address)) as session:
+        killer = threading.Thread(target=remove_worker_once_busy, daemon=True)
+        killer.start()
+        run_bounded(
+            lambda: map_on_ray(
+                node_of,
+                list(range(4)),
+                data={"marks": str(marks), "seconds": 2.0},
+                plan=session.plan,
+                label="items",
+                name=str,
+                on_result=collect(results),
+            )
+        )
+        killer.join(5)
+    assert removed.is_set()
+    assert sorted(item for item, _ in results) == [0, 1, 2, 3]  # none lost, none twice
+    assert {node for _, node in results} == {cluster.head_node.node_id}
+    starts: dict[int, list[str]] = {}
+    for mark in marks.iterdir():
+        item, node, _ = mark.name.split(".")
+        starts.setdefault(int(item), []).append(node)
+    lost = [item for item, nodes in starts.items() if worker.node_id in nodes]
+    assert len(lost) == 1, starts
+    assert sorted(starts[lost[0]]) == sorted([worker.node_id, cluster.head_node.node_id])
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that accepts connections and never says a word."""
+    server = socket.socket()
+    server.bind((LOOPBACK, 0))
+    server.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+def test_port_that_is_not_ray_fails_within_30_s_in_one_line(ray_env: Path, silent_port: int, capfd) -> None:
+    address = f"{LOOPBACK}:{silent_port}"
+    started = time.monotonic()
+
+    def join() -> None:
+        with ray_session(ClusterOptions(address=address)):
+            pass
+
+    with pytest.raises(StudyError) as raised:
+        run_bounded(join, limit_s=60)
+    elapsed = time.monotonic() - started
+    message = str(raised.value)
+    assert elapsed < 30, elapsed
+    assert address in message and "\n" not in message, message
+    output = capfd.readouterr()
+    assert "Failed to connect" not in output.out + output.err  # Ray's retry loop stayed silent
+    assert LOOPBACK_SWITCH_ENV not in os.environ
+
+
+def test_cli_names_a_port_that_is_not_ray_on_one_line(ray_env: Path, silent_port: int, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
+    started = time.monotonic()
+    args = ["tune", "--dataset", "digits", "--trials", "1", "--epochs", "1", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--address", f"{LOOPBACK}:{silent_port}"])
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
