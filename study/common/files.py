@@ -70,7 +70,8 @@ def run_folder(
     check_run_name(name)
     new_folders = [p for p in (out / name / stage, out / name, out) if not p.exists()]
     folder = prepare_run_dir(out, name, stage)
-    lock = (folder / LOCK_FILE).open("w")
+    lock_existed = (folder / LOCK_FILE).exists()
+    lock = (folder / LOCK_FILE).open("a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -88,10 +89,13 @@ def run_folder(
             for entry in folder.iterdir():
                 if entry.name != LOCK_FILE:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        lock.truncate(0)
         lock.write(f"{os.getpid()}\n")
         lock.flush()
         yield folder
     except BaseException:
+        if not lock_existed:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
         _remove_if_unused(folder, new_folders)
         raise
     finally:
@@ -104,7 +108,6 @@ def _remove_if_unused(folder: Path, new_folders: list[Path]) -> None:
     as long as nothing was written into them."""
     if holds_results(folder):
         return
-    (folder / LOCK_FILE).unlink(missing_ok=True)
     for path in new_folders:  # deepest first
         try:
             path.rmdir()
