@@ -126,23 +126,27 @@ def repeat_rows(repeat: Repeat, labels: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
-def comparison_table(per_repeat: pd.DataFrame, single_model_accs: np.ndarray, n_test: int) -> pd.DataFrame:
-    """Mean and 95% interval of every model over repeats.
+def comparison_table(
+    per_repeat: pd.DataFrame, member_accs: dict[str, np.ndarray], n_test: int
+) -> pd.DataFrame:
+    """Mean and 95% interval of every model over repeats (accuracy intervals clipped to [0, 1]).
 
-    The single model's interval is over every seed it was trained with (M per repeat). With one
-    repeat, an ensemble's interval is Wilson's on its test accuracy (one test set, n images).
+    A one-model row (single model, bagged member) has its interval over every seed it was trained
+    with (M per repeat), given in ``member_accs``. With one repeat, an ensemble's interval is
+    Wilson's on its test accuracy (one test set, n images).
     """
     rows = []
     for model, part in per_repeat.groupby("model", sort=False):
-        accs = single_model_accs if model == "single model" else part["test_acc"].to_numpy()
+        accs = member_accs.get(model, part["test_acc"].to_numpy())
         stats = describe(accs)
         if stats["n"] == 1:
             correct = round(stats["mean"] * n_test)
             stats["ci95_low"], stats["ci95_high"] = wilson_interval(correct, n_test)
             interval = f"Wilson, {n_test} test images"
         else:
-            unit = "seeds" if model == "single model" else "repeats"
+            unit = "seeds" if model in member_accs else "repeats"
             interval = f"t over {stats['n']} {unit}"
+            stats["ci95_low"], stats["ci95_high"] = max(stats["ci95_low"], 0.0), min(stats["ci95_high"], 1.0)
         rows.append(
             {
                 "model": model,
@@ -302,10 +306,12 @@ def analyze(outputs: list[MemberOutput], data: ImageData, folder: Path) -> dict[
     labels = data.test_labels
     repeats = split_repeats(outputs)
     per_repeat = pd.DataFrame([row for r in repeats for row in repeat_rows(r, labels)])
-    single_accs = np.array(
-        [accuracy(m.test_proba.argmax(1), labels) for r in repeats for m in r.groups.get("seed", [])]
-    )
-    comparison = comparison_table(per_repeat, single_accs, len(labels))
+    member_accs = {
+        name: np.array([accuracy(m.test_proba.argmax(1), labels) for r in repeats for m in r.groups[group]])
+        for name, group in (("single model", "seed"), ("bagged member", "bagged"))
+        if group in repeats[0].groups
+    }
+    comparison = comparison_table(per_repeat, member_accs, len(labels))
     mcnemar = pd.DataFrame([row for r in repeats for row in mcnemar_rows(r, labels)])
     write_table(per_repeat, folder / "comparison_by_repeat")
     write_table(comparison, folder / "comparison", markdown=True)

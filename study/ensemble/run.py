@@ -285,6 +285,9 @@ def train_all(
     from study.common.cluster import map_on_ray, ray_session
 
     outputs, todo = reuse_checkpoints(specs, folder, say)
+    # Longest first: the ResNets start at once on their own CPUs while the LeNet members share
+    # the rest, so no core waits for one long task at the end (2 cores: ResNet || 2x5 LeNets).
+    todo.sort(key=lambda spec: spec.group != "baseline")
     with ray_session(cluster) as session:
         plan = session.plan
         say(
