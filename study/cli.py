@@ -216,7 +216,7 @@ def tune(
     say(f"statuses: {status_counts(trials_frame)}")
     top = trials_frame.sort_values("best_val_acc", ascending=False).head(5)
     shown = [c for c in ["trial", *space.params, "status", "best_val_acc", "test_acc"] if c in top]
-    print_table(top[shown], "top trials by best validation accuracy (test accuracy: — for pruned)")
+    print_table(top[shown], "top trials by best validation accuracy (test accuracy: — if never tested)")
     say(f"results -> {folder}")
     say(f"Optuna study {folder.parent.name!r}: optuna-dashboard {storage_url(folder / OPTUNA_FILE)}")
 
