@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ ADDRESS_TIMEOUT_S = 3.0
 PROBE_TIMEOUT_S = 20.0
 GCS_CONNECT_TIMEOUT_MS = 3000
 GCS_CALL_TIMEOUT_S = 5
+LOCAL_NODE_WAIT_S = 5.0
 # Retries of a task after a system failure (its worker or node died); an exception raised by
 # the task's own code is not retried (Ray's retry_exceptions stays off).
 TASK_MAX_RETRIES = 3
@@ -149,7 +151,7 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def _probes_address(address: str) -> bool:
-    """ "auto" (Ray finds it) and ray:// (Ray Client) are Ray's own business."""
+    """Whether we check --address ourselves; "auto" and ray:// (Ray Client) are Ray's business."""
     return address != "auto" and not address.startswith("ray://")
 
 
@@ -166,8 +168,11 @@ def check_address_reachable(address: str) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of an error: Ray's go on for lines of advice."""
     text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".")[:300]
 
 
 def probe_main(address: str) -> None:
@@ -179,9 +184,7 @@ def probe_main(address: str) -> None:
     """
     try:
         from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
-        from ray._private.services import find_node_ids
         from ray._raylet import InnerGcsClient
-        from ray.core.generated.gcs_pb2 import GcsNodeInfo
         from ray.exceptions import AuthenticationError
     except ImportError as exc:  # a Ray without these internals: let ray.init do its own checks
         print(json.dumps({"unsupported": _first_line(exc)}))
@@ -190,20 +193,31 @@ def probe_main(address: str) -> None:
         # Ray aborts the process when token auth is on and no token exists; this raises instead.
         ensure_token_if_auth_enabled(None, create_token_if_missing=False)
         client = InnerGcsClient.standalone(address, None, GCS_CONNECT_TIMEOUT_MS)
-        nodes = client.get_all_node_info(
-            timeout=GCS_CALL_TIMEOUT_S, state_filter=GcsNodeInfo.GcsNodeState.ALIVE
-        )
+        local = _local_node_ips(client)
+        deadline = time.monotonic() + LOCAL_NODE_WAIT_S
+        while not local and time.monotonic() < deadline:  # a node just started may not be registered
+            time.sleep(0.5)
+            local = _local_node_ips(client)
     except Exception as exc:
         auth = isinstance(exc, AuthenticationError) or "token" in str(exc).lower()
         print(json.dumps({"error": _first_line(exc), "auth": auth}))
         return
-    here = set(find_node_ids())
+    print(json.dumps({"local_ips": local}))
+
+
+def _local_node_ips(client: Any) -> list[str]:
+    """Addresses of the live nodes of ``client``'s cluster whose raylet runs on this machine."""
+    from ray._private.services import find_node_ids
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+    nodes = client.get_all_node_info(timeout=GCS_CALL_TIMEOUT_S, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
+    here = set(find_node_ids())  # from the command lines of the raylets running here
     local = sorted(
         (not info.is_head_node, info.node_manager_address)
         for node_id, info in nodes.items()
         if node_id.hex() in here
     )
-    print(json.dumps({"nodes": len(nodes), "local_ips": [ip for _, ip in local]}))
+    return [ip for _, ip in local]
 
 
 def probe_ray_cluster(address: str) -> str | None:
