@@ -38,7 +38,22 @@ OverwriteOption = Annotated[
 ]
 
 # Where trials run: the same flags and meaning for `study tune` and `study ensemble`.
-GpusOption = Annotated[float, typer.Option("--gpus", help="GPUs the study may use in total.")]
+GpusOption = Annotated[
+    str,
+    typer.Option(
+        "--gpus",
+        help="GPUs the study may use in total: auto = every GPU CUDA sees here (with --address: what "
+        "the cluster reports); a number caps it; 0 trains on the CPU.",
+    ),
+]
+BindOption = Annotated[
+    str,
+    typer.Option(
+        "--bind",
+        help="Interface a local study's Ray listens on (GCS, raylet, object manager, agents, workers). "
+        "Anything but 127.0.0.1 exposes them. --dashboard-host still sets the dashboard's.",
+    ),
+]
 GpusPerTrialOption = Annotated[
     float | None,
     typer.Option(
@@ -85,14 +100,25 @@ DashboardHostOption = Annotated[
 
 
 CLUSTER_FLAGS: dict[str, tuple[Any, Any]] = {
-    "gpus": (GpusOption, 0),
+    "gpus": (GpusOption, "auto"),
     "gpus_per_trial": (GpusPerTrialOption, None),
     "cpus_per_trial": (CpusPerTrialOption, 1),
     "max_concurrent": (MaxConcurrentOption, None),
     "address": (AddressOption, None),
     "dashboard_port": (DashboardPortOption, None),
     "dashboard_host": (DashboardHostOption, "127.0.0.1"),
+    "bind": (BindOption, "127.0.0.1"),
 }
+
+
+def parse_gpus(value: str) -> float | None:
+    """--gpus: "auto" (None: decided when Ray starts) or a number of GPUs."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise StudyError(f"--gpus must be auto or a number >= 0, got {value!r}") from None
 
 
 def cluster_flags(func: Any) -> Any:
@@ -106,7 +132,9 @@ def cluster_flags(func: Any) -> Any:
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
-        cluster = ClusterOptions(**{n: kwargs.pop(n) for n in CLUSTER_FLAGS})
+        values = {n: kwargs.pop(n) for n in CLUSTER_FLAGS}
+        values["gpus"] = parse_gpus(values["gpus"])
+        cluster = ClusterOptions(**values)
         return func(**kwargs, cluster=cluster)
 
     wrapper.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]

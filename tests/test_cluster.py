@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,68 +26,7 @@ from study.common.cluster import (
     map_on_ray,
     ray_session,
 )
-
-# Every Ray test here must finish well inside this; a hang fails the test instead of the suite.
-RUN_LIMIT_S = 120.0
-
-
-@pytest.fixture
-def ray_env() -> Iterator[Path]:
-    """Ray's files and unix sockets in a short temp dir (sockets need < 108 characters), HOME
-    there too (Ray writes ~/.ray), and token auth on as Ray 2.60 has it by default."""
-    from ray._private.authentication_test_utils import reset_auth_token_state
-
-    folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            "HOME": str(folder),
-            "RAY_TMPDIR": str(folder),
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": secrets.token_hex(16),
-        }.items():
-            env.setenv(name, value)
-        # Ray caches the token in-process: drop whatever an earlier test left there.
-        reset_auth_token_state()
-        yield folder
-    reset_auth_token_state()
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def loopback_cluster(ray_env: Path) -> Iterator[tuple[Any, Any]]:
-    """A head and one worker node, 1 CPU each, every port on 127.0.0.1 (as `ray start
-    --node-ip-address 127.0.0.1` starts them); yields (cluster, worker node)."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "node_ip_address": LOOPBACK, "include_dashboard": False},
-    )
-    try:
-        worker = cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK)
-        cluster.wait_for_nodes(timeout=60)
-        yield cluster, worker
-    finally:
-        cluster.shutdown()  # only the processes of these two nodes
-
-
-def run_bounded(work: Callable[[], Any], limit_s: float = RUN_LIMIT_S) -> Any:
-    """``work()`` in a thread, failing the test if it has not returned within ``limit_s``."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = work()
-        except BaseException as exc:  # re-raised in the test's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(limit_s)
-    assert not thread.is_alive(), f"still running after {limit_s:g} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
+from tests.conftest import RUN_LIMIT_S, run_bounded
 
 
 def listening_sockets() -> list[tuple[str, int, str]]:

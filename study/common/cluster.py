@@ -110,7 +110,7 @@ class ClusterOptions:
     agents, workers); the dashboard keeps its own ``dashboard_host``. Joining ignores both.
     """
 
-    gpus: float = 0.0
+    gpus: float | None = None  # None ("auto"): every GPU CUDA sees here, or what the cluster has
     gpus_per_trial: float | None = None
     cpus_per_trial: int = 1
     max_concurrent: int | None = None
@@ -124,8 +124,8 @@ class ClusterOptions:
             check_gpus_per_trial(self.gpus_per_trial)
         if self.cpus_per_trial < 1:
             raise ConfigError(f"--cpus-per-trial must be >= 1, got {self.cpus_per_trial}")
-        if self.gpus < 0:
-            raise ConfigError(f"--gpus must be >= 0, got {self.gpus}")
+        if self.gpus is not None and (not math.isfinite(self.gpus) or self.gpus < 0):
+            raise ConfigError(f"--gpus must be auto or a number >= 0, got {self.gpus}")
 
 
 def is_loopback(host: str) -> bool:
@@ -406,9 +406,10 @@ def _start_local(cluster: ClusterOptions, stack: ExitStack) -> Any:
     import ray
 
     cuda = visible_cuda_gpus()
-    if cluster.gpus > cuda:
+    gpus = float(cuda) if cluster.gpus is None else cluster.gpus
+    if gpus > cuda:
         raise StudyError(
-            f"--gpus {cluster.gpus:g} asked for, but CUDA sees {cuda} GPU(s) here; use --gpus {cuda} "
+            f"--gpus {gpus:g} asked for, but CUDA sees {cuda} GPU(s) here; use --gpus {cuda} "
             f"or join a cluster that has them with --address"
         )
     bind = check_bind(cluster.bind)
@@ -420,8 +421,11 @@ def _start_local(cluster: ClusterOptions, stack: ExitStack) -> Any:
         stack.enter_context(_this_machine_is_loopback())
     stack.callback(ray.shutdown)  # also after a half-started node
     return ray.init(
+        # "local": always a new instance of our own; without it Ray would attach to the last
+        # cluster `ray start` left on this machine (RAY_ADDRESS or its ray_current_cluster file)
+        address="local",
         num_cpus=os.cpu_count(),
-        num_gpus=cluster.gpus,
+        num_gpus=gpus,
         include_dashboard=True,
         dashboard_host=cluster.dashboard_host,
         dashboard_port=port,
@@ -453,6 +457,8 @@ def _describe(context: Any, cluster: ClusterOptions) -> RaySession:
     url = context.dashboard_url
     total_cpus = float(resources.get("CPU", 0))
     total_gpus = float(resources.get("GPU", 0))
+    if cluster.gpus is not None:  # a number caps what a joined cluster offers (--gpus 0: CPU only)
+        total_gpus = min(total_gpus, cluster.gpus)
     return RaySession(
         dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
         total_cpus=total_cpus,

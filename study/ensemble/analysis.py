@@ -287,6 +287,29 @@ def per_class_table(predictions: pd.DataFrame, repeat: Repeat, num_classes: int)
     return table
 
 
+def members_table(outputs: list[MemberOutput]) -> pd.DataFrame:
+    """One row per trained model: which ensemble it belongs to, its seeds, where it ran, how it did."""
+    return pd.DataFrame(
+        [
+            {
+                "name": m.spec.name,
+                "group": m.spec.group,
+                "repeat": m.spec.repeat,
+                "model": m.spec.config.model,
+                "seed": m.spec.config.seed,
+                "bootstrap_seed": m.spec.bootstrap_seed,
+                "status": m.summary.get("status"),
+                "val_acc": m.summary.get("val_acc"),
+                "test_acc": m.summary.get("test_acc"),
+                "training_seconds": m.summary.get("training_seconds"),
+                "node_ip": m.summary.get("node_ip", ""),
+                "node_id": m.summary.get("node_id", ""),
+            }
+            for m in outputs
+        ]
+    )
+
+
 def summary_lines(comparison: pd.DataFrame, mcnemar: pd.DataFrame) -> list[str]:
     """What the console prints: each model's accuracy with its interval, then the tests."""
     lines = [
@@ -313,6 +336,7 @@ def analyze(outputs: list[MemberOutput], data: ImageData, folder: Path) -> dict[
     }
     comparison = comparison_table(per_repeat, member_accs, len(labels))
     mcnemar = pd.DataFrame([row for r in repeats for row in mcnemar_rows(r, labels)])
+    write_table(members_table(outputs), folder / "members")
     write_table(per_repeat, folder / "comparison_by_repeat")
     write_table(comparison, folder / "comparison", markdown=True)
     write_table(mcnemar, folder / "mcnemar", markdown=True)

@@ -20,7 +20,7 @@ from lenet_core.train import library_versions
 from study.common.files import write_json
 
 # Statuses of a finished trial; "pruned" means ASHA stopped it early, "unfinished" that the
-# study was interrupted while it ran (a resume runs it again).
+# study was interrupted while it ran (a resume runs it again) or cut short by --time-budget.
 FAILED_STATUSES = ("diverged", "collapsed")
 FINAL_STATUSES = ("completed", *FAILED_STATUSES)
 MEMORY_COLUMNS = ("worker_rss_mb", "worker_uss_mb", "data_private_mb", "data_zero_copy")
@@ -52,6 +52,18 @@ def trial_status(last: dict[str, Any], *, errored: bool) -> str:
     return "pruned"
 
 
+def last_attempt(history: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A trial's rows from its last attempt only.
+
+    A trial that Tune restarted (its worker or node died; no checkpoint) trains again from epoch 1
+    and Tune appends those rows to the first attempt's: keep the attempt that produced the result.
+    """
+    if history is None or not len(history) or "epoch" not in history:
+        return history
+    restarts = (history["epoch"].diff() <= 0).to_numpy().nonzero()[0]
+    return history.iloc[restarts[-1]:] if len(restarts) else history
+
+
 def trial_row(result: Any, *, params: list[str], data: ImageData, fallback_config: str) -> dict[str, Any]:
     """One trial's row: its sampled values, status, metrics, where and when it ran, its config."""
     metrics = dict(result.metrics or {})
@@ -59,7 +71,7 @@ def trial_row(result: Any, *, params: list[str], data: ImageData, fallback_confi
     status = trial_status(metrics, errored=result.error is not None)
     config_json = metrics.get(CONFIG_KEY) or fallback_config
     config = json.loads(config_json) if config_json else {}
-    history = result.metrics_dataframe
+    history = last_attempt(result.metrics_dataframe)
     has_history = history is not None and len(history) > 0
     return {
         "trial_id": trial_id,
@@ -78,6 +90,7 @@ def trial_row(result: Any, *, params: list[str], data: ImageData, fallback_confi
         "seed": config.get("seed"),
         "data_checksum": data.checksum,
         "node_ip": metrics.get("node_ip", ""),
+        "node_id": metrics.get("node_id", ""),
         "error": str(result.error).strip().splitlines()[0] if result.error else "",
         **{k: metrics[k] for k in MEMORY_COLUMNS if k in metrics},
         "config": config_json,
@@ -100,7 +113,7 @@ def collect_results(
             fallback = json.dumps(sampled(sampled_params).to_dict())
         row = trial_row(result, params=params, data=data, fallback_config=fallback)
         trial_rows.append(row)
-        history = result.metrics_dataframe
+        history = last_attempt(result.metrics_dataframe)
         if history is not None and len(history):
             frame = history[[c for c in EPOCH_COLUMNS if c in history.columns]].copy()
             frame.insert(0, "trial_id", row["trial_id"])

@@ -1,0 +1,144 @@
+"""A tune study and an ensemble on a two-node loopback cluster (ray.cluster_utils.Cluster, every
+node on 127.0.0.1): work spreads over both nodes, results match a one-node run with the same
+seeds, and losing the worker node mid-study loses and duplicates nothing.
+
+Only the nodes these tests start are stopped (Cluster.remove_node / shutdown)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lenet_core.config import TrialConfig
+from lenet_core.data import load_dataset
+from study.common.cluster import ClusterOptions
+from study.ensemble.run import EnsemblePlan, run_ensemble
+from study.tune.run import TuneSettings, run_study
+from study.tune.space import parse_space
+from tests.conftest import RUN_LIMIT_S, run_bounded
+
+pytestmark = pytest.mark.slow
+SPACE = parse_space({"space": {"lr": {"choices": [0.001, 0.002, 0.003, 0.004]}}}, source="test")
+BASE = TrialConfig(dataset="digits", epochs=2, optimizer="adam", seed=3)
+
+
+def _study(cluster: ClusterOptions, out: Path, *, trials: int = 4, base: TrialConfig = BASE) -> pd.DataFrame:
+    frame, _, _ = run_bounded(
+        lambda: run_study(
+            base=base,
+            space=SPACE,
+            settings=TuneSettings(trials=trials, scheduler="none"),
+            cluster=cluster,
+            data=load_dataset("digits"),
+            out=out,
+            name="m",
+            say=lambda *_: None,
+        )
+    )
+    return frame
+
+
+def _content(trials: pd.DataFrame) -> pd.DataFrame:
+    """What a study found, independent of where and when each trial ran."""
+    columns = ["lr", "status", "epochs_run", "best_val_acc", "final_val_acc", "test_acc"]
+    return trials[columns].sort_values("lr").reset_index(drop=True)
+
+
+def test_tune_trials_spread_over_both_nodes_and_match_a_one_node_run(loopback_cluster, tmp_path):
+    cluster, worker = loopback_cluster
+    spread = _study(ClusterOptions(address=cluster.address), tmp_path / "cluster")
+    assert len(spread) == 4 and spread["trial_id"].is_unique
+    assert set(spread["node_id"]) == {cluster.head_node.node_id, worker.node_id}
+    assert set(spread["node_ip"]) == {"127.0.0.1"}
+    # the dataset reached the worker node through the object store: it trained on the same data
+    configs = [json.loads(c) for c in spread["config"]]
+    assert {c["threads"] for c in configs} == {1} and {c["device"] for c in configs} == {"cpu"}
+    local = _study(ClusterOptions(max_concurrent=2), tmp_path / "local")
+    pd.testing.assert_frame_equal(_content(spread), _content(local))
+
+
+def _running_on(folder: Path, node_id: str) -> set[str]:
+    """Trials whose last report says they are mid-way on ``node_id``."""
+    running = set()
+    for path in folder.glob("ray/*/result.json"):
+        lines = path.read_text().splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        if last.get("node_id") == node_id and last.get("status") == "running" and last.get("epoch", 0) >= 2:
+            running.add(last["trial_id"])
+    return running
+
+
+def _remove_when_busy(cluster, worker, folder: Path) -> dict[str, set[str]]:
+    """Remove the worker node as soon as a trial is mid-way on it; returns {"lost": trial ids}."""
+    lost: dict[str, set[str]] = {}
+
+    def watch() -> None:
+        deadline = time.monotonic() + RUN_LIMIT_S
+        while time.monotonic() < deadline:
+            busy = _running_on(folder, worker.node_id)
+            if busy:
+                cluster.remove_node(worker)  # the worker's raylet and the trial on it die
+                lost["lost"] = busy
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return lost
+
+
+def test_tune_study_survives_losing_the_worker_node(loopback_cluster, tmp_path):
+    cluster, worker = loopback_cluster
+    epochs_per_trial = 60  # several seconds per trial: the node goes while a trial is mid-way
+    folder = tmp_path / "m" / "tune"
+    lost = _remove_when_busy(cluster, worker, folder)
+    trials = _study(
+        ClusterOptions(address=cluster.address), tmp_path, base=BASE.replace(epochs=epochs_per_trial)
+    )
+    assert lost.get("lost"), "the worker node was never busy"
+    assert len(trials) == 4 and trials["trial_id"].is_unique  # every trial, once
+    assert set(trials["status"]) == {"completed"} and (trials["epochs_run"] == epochs_per_trial).all()
+    by_id = trials.set_index("trial_id")
+    for trial_id in lost["lost"]:  # the lost trial ran again, on the head, from its first epoch
+        assert by_id.loc[trial_id, "node_id"] == cluster.head_node.node_id
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()  # the lost attempt's rows are gone
+    expected = list(range(1, epochs_per_trial + 1))
+    assert all(list(e) == expected for e in epochs.groupby("trial_id")["epoch"].apply(list))
+
+
+def _ensemble(cluster: ClusterOptions, out: Path) -> pd.DataFrame:
+    config = TrialConfig(dataset="digits", epochs=1, seed=5)
+    run_bounded(
+        lambda: run_ensemble(
+            [config],
+            base=config,
+            plan=EnsemblePlan(members=2, resample="bootstrap", resnet="none"),
+            data=load_dataset("digits"),
+            cluster=cluster,
+            out=out,
+            name="e",
+            say=lambda *_: None,
+        )
+    )
+    return pd.read_parquet(out / "e" / "ensemble" / "members.parquet")
+
+
+def test_ensemble_members_spread_over_both_nodes_and_match_a_one_node_run(loopback_cluster, tmp_path):
+    cluster, worker = loopback_cluster
+    spread = _ensemble(ClusterOptions(address=cluster.address), tmp_path / "cluster")
+    assert len(spread) == 4 and spread["name"].is_unique
+    assert set(spread["node_id"]) == {cluster.head_node.node_id, worker.node_id}
+    local = _ensemble(ClusterOptions(), tmp_path / "local")
+    columns = ["name", "seed", "bootstrap_seed", "status", "val_acc", "test_acc"]
+    pd.testing.assert_frame_equal(
+        spread[columns].sort_values("name").reset_index(drop=True),
+        local[columns].sort_values("name").reset_index(drop=True),
+    )
+    comparison = pd.read_parquet(tmp_path / "cluster" / "e" / "ensemble" / "comparison.parquet")
+    local_comparison = pd.read_parquet(tmp_path / "local" / "e" / "ensemble" / "comparison.parquet")
+    pd.testing.assert_series_equal(comparison["test_acc"], local_comparison["test_acc"])
