@@ -76,3 +76,42 @@ def test_ray_places_fractional_gpu_trials_on_logical_gpus():
         assert all(len(ids) == 1 and ids[0] in ("0", "1") for _, _, ids in spans)
     finally:
         ray.shutdown()
+
+
+def test_gpus_flag_is_auto_by_default_and_parses_numbers():
+    from lenet_core.errors import StudyError
+    from study.cli import CLUSTER_FLAGS, parse_gpus
+
+    assert CLUSTER_FLAGS["gpus"][1] == "auto"
+    assert parse_gpus("auto") is None and parse_gpus("AUTO") is None
+    assert parse_gpus("0") == 0.0 and parse_gpus("2") == 2.0
+    with pytest.raises(StudyError, match="--gpus must be auto or a number"):
+        parse_gpus("many")
+
+
+@pytest.mark.slow
+def test_auto_uses_the_gpus_ray_reports_and_a_number_caps_them(ray_env):
+    """On a cluster with 2 logical GPUs: auto gives each trial a GPU; --gpus 0 keeps trials on CPUs.
+    Locally, auto is what CUDA sees (none on a CPU machine)."""
+    from ray.cluster_utils import Cluster
+
+    from study.common.cluster import ClusterOptions, ray_session, visible_cuda_gpus
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "num_gpus": 2,
+            "node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+        },
+    )
+    try:
+        with ray_session(ClusterOptions(address=cluster.address)) as session:
+            assert (session.total_gpus, session.plan.gpus_per_trial, session.plan.concurrent) == (2.0, 1.0, 2)
+        with ray_session(ClusterOptions(address=cluster.address, gpus=0)) as session:
+            assert (session.total_gpus, session.plan.gpus_per_trial) == (0.0, 0.0)
+    finally:
+        cluster.shutdown()
+    with ray_session(ClusterOptions()) as session:
+        assert session.total_gpus == visible_cuda_gpus()
