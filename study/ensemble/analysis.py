@@ -27,7 +27,7 @@ from study.common.stats import (
     nll,
     wilson_interval,
 )
-from study.ensemble.run import MemberOutput
+from study.ensemble.members import MemberOutput
 from study.ensemble.voting import (
     accuracy,
     accuracy_as_members_are_added,

@@ -15,161 +15,29 @@ Every model shares one train/validation split (``split_seed``). Per repeat, with
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from lenet_core.config import TrialConfig, from_dict
-from lenet_core.data import ImageData, as_tensor, bootstrap_indices
-from lenet_core.errors import ConfigError, StudyError
-from lenet_core.train import load_trial_model, predict_proba, train_trial, trial_split
-from study.common.files import load_weights, read_json, save_weights, write_json, write_via_temp
+from lenet_core.data import ImageData
+from lenet_core.errors import StudyError
+from study.common.files import read_json
 from study.common.placement import without_placement
-
-RESNETS = ("resnet18", "resnet34", "resnet50", "none")
-MEMBERS_FOLDER = "members"
-
-
-RESAMPLES = ("bootstrap", "none")
-GROUPS = ("seed", "bagged", "baseline")  # seed ensemble, bagged ensemble, ResNet
-
-
-@dataclass(frozen=True)
-class MemberSpec:
-    """One model to train: its config, its group and repeat, and for bagged members the bootstrap seed."""
-
-    name: str  # "r0_seed_00", "r0_bagged_03", "r1_resnet18", ...
-    config: TrialConfig
-    bootstrap_seed: int | None  # None: the whole training split
-    group: str = "seed"  # one of GROUPS
-    repeat: int = 0
-
-    def identity(self) -> dict[str, Any]:
-        """What decides the trained model; where it ran (device, threads) does not count."""
-        config = without_placement(self.config.to_dict())
-        return {"name": self.name, "config": config, "bootstrap_seed": self.bootstrap_seed}
-
-
-@dataclass
-class MemberOutput:
-    spec: MemberSpec
-    summary: dict[str, Any]  # TrialResult.summary()
-    state_dict: dict[str, Any]
-    test_proba: np.ndarray  # (N_test, 10)
-    oob_idx: np.ndarray  # indices into the train split the member never saw (empty unless bagged)
-    oob_proba: np.ndarray  # (len(oob_idx), 10)
-
-
-def member_specs(
-    configs: list[TrialConfig], members: int, *, seed: int, repeats: int = 1, resample: str = "bootstrap"
-) -> list[MemberSpec]:
-    """Seed-ensemble (and, with bootstrap, bagged) members of every repeat, cycling over ``configs``.
-
-    Member i of repeat r uses seed ``seed + r * members + i`` for its initialization and batch
-    order, and the bagged member i the same seed for its bootstrap: repeats never share a seed.
-    """
-    if members < 2:
-        raise ConfigError(f"--members must be >= 2 for a vote, got {members}")
-    if repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
-    if resample not in RESAMPLES:
-        raise ConfigError(f"unknown --resample {resample!r}; choose one of: {', '.join(RESAMPLES)}")
-    groups = ["seed", "bagged"] if resample == "bootstrap" else ["seed"]
-    specs = []
-    for repeat in range(repeats):
-        for group in groups:
-            for i in range(members):
-                member_seed = seed + repeat * members + i
-                specs.append(
-                    MemberSpec(
-                        name=f"r{repeat}_{group}_{i:02d}",
-                        config=configs[i % len(configs)].replace(seed=member_seed),
-                        bootstrap_seed=member_seed if group == "bagged" else None,
-                        group=group,
-                        repeat=repeat,
-                    )
-                )
-    return specs
-
-
-def bagging_indices(spec: MemberSpec, data: ImageData) -> tuple[np.ndarray | None, np.ndarray]:
-    """(in-bag indices or None for the full split, out-of-bag indices), into the train arrays."""
-    train_idx, _ = trial_split(data, spec.config)
-    if spec.bootstrap_seed is None:
-        return None, np.empty(0, dtype=np.int64)
-    draw, _ = bootstrap_indices(len(train_idx), seed=spec.bootstrap_seed)
-    in_bag = train_idx[draw]
-    return in_bag, np.setdiff1d(train_idx, in_bag)
-
-
-def train_member(spec: MemberSpec, data: ImageData) -> MemberOutput:
-    """Train one member and predict the test split and its out-of-bag images."""
-    in_bag, oob_idx = bagging_indices(spec, data)
-    result = train_trial(spec.config, data, train_indices=in_bag)
-    model = load_trial_model(spec.config, result.state_dict)
-    test_proba = predict_proba(model, as_tensor(data.test_images), data=data).numpy()
-    oob_proba = (
-        predict_proba(model, as_tensor(data.train_images[oob_idx]), data=data).numpy()
-        if len(oob_idx)
-        else np.empty((0, data.num_classes), dtype=np.float32)
-    )
-    summary = result.summary()
-    summary["training_seconds"] = sum(row["seconds"] for row in result.history)
-    return MemberOutput(
-        spec=spec,
-        summary=summary,
-        state_dict=result.state_dict,
-        test_proba=test_proba,
-        oob_idx=oob_idx,
-        oob_proba=oob_proba,
-    )
-
-
-# ------------------------------------------------------------------ checkpoints
-
-
-def save_member(output: MemberOutput, folder: Path) -> None:
-    """Weights and predictions first, then result.json: its presence means the member is whole."""
-    member_dir = folder / MEMBERS_FOLDER / output.spec.name
-    save_weights(output.state_dict, member_dir / "model.pt")
-
-    def write_npz(path: Path) -> None:
-        buffer = io.BytesIO()
-        np.savez(buffer, test_proba=output.test_proba, oob_idx=output.oob_idx, oob_proba=output.oob_proba)
-        path.write_bytes(buffer.getvalue())
-
-    write_via_temp(member_dir / "predictions.npz", write_npz)
-    write_json(member_dir / "result.json", {**output.summary, "member": output.spec.identity()})
-
-
-class UnreadableCheckpoint(Exception):
-    """A member's checkpoint exists but cannot be read back; the caller says so and retrains."""
-
-
-def load_member(spec: MemberSpec, folder: Path) -> MemberOutput | None:
-    """A finished member from an earlier run with the very same spec; None if there is none or
-    it was trained from another spec. Raises ``UnreadableCheckpoint`` when it is damaged."""
-    member_dir = folder / MEMBERS_FOLDER / spec.name
-    result_path = member_dir / "result.json"
-    if not result_path.is_file():
-        return None
-    try:
-        summary = json.loads(result_path.read_text())
-        if summary.get("member") != json.loads(json.dumps(spec.identity())):
-            return None
-        with np.load(member_dir / "predictions.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in ("test_proba", "oob_idx", "oob_proba")}
-        state_dict = load_weights(member_dir / "model.pt")
-    except (OSError, ValueError, KeyError, StudyError) as exc:
-        raise UnreadableCheckpoint(f"{member_dir}: {type(exc).__name__}: {exc}") from exc
-    summary.pop("member")
-    return MemberOutput(spec=spec, summary=summary, state_dict=state_dict, **arrays)
-
+from study.ensemble.members import (
+    MEMBERS_FOLDER,
+    MemberOutput,
+    MemberSpec,
+    UnreadableCheckpoint,
+    load_member,
+    member_specs,
+    resnet_specs,
+    save_member,
+    train_member,
+)
 
 # ------------------------------------------------------------------ where configs come from
 
@@ -209,39 +77,6 @@ def top_k_configs(best_path: Path, k: int, overrides: dict[str, Any]) -> list[Tr
     if len(configs) < k:
         raise StudyError(f"--top-k {k}: the study has only {len(configs)} distinct completed trials")
     return configs
-
-
-# The ResNet gets the standard recipe rather than LeNet's tuned optimizer and learning rate,
-# which need not suit a 11-23M parameter network with batch norm.
-RESNET_RECIPE = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": None}
-
-
-def resnet_specs(base: TrialConfig, resnet: str, *, seed: int, repeats: int = 1) -> list[MemberSpec]:
-    """The ResNet baseline of every repeat: same data, split, epochs and batch size as the members,
-    on the whole training split, seed ``seed + repeat``."""
-    if resnet not in RESNETS:
-        raise ConfigError(f"unknown --resnet {resnet!r}; choose one of: {', '.join(RESNETS)}")
-    if resnet == "none":
-        return []
-    values = {
-        **base.to_dict(),
-        **RESNET_RECIPE,
-        "model": resnet,
-        "variant": None,
-        "activation": None,
-        "pooling": None,
-    }
-    config = from_dict(values, source="--resnet")
-    return [
-        MemberSpec(
-            name=f"r{repeat}_{resnet}",
-            config=config.replace(seed=seed + repeat),
-            bootstrap_seed=None,
-            group="baseline",
-            repeat=repeat,
-        )
-        for repeat in range(repeats)
-    ]
 
 
 def _train_member_task(spec: MemberSpec, data: ImageData) -> MemberOutput:

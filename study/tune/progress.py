@@ -20,8 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
 from rich.text import Text
 
-from study.tune.run import METRIC
-from study.tune.tables import FINAL_STATUSES, trial_status
+from study.tune.tables import FINAL_STATUSES, METRIC, trial_status
 
 ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of a trial that will not run again
 

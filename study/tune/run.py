@@ -26,13 +26,8 @@ from study.common.cluster import ClusterOptions, ResourcePlan
 from study.common.console import StudyInterrupted
 from study.common.files import read_json, write_json
 from study.tune.space import SearchSpace, sampled_config
-from study.tune.tables import CONFIG_KEY, FAILED_STATUSES
+from study.tune.tables import CONFIG_KEY, FAILED_STATUSES, METRIC, MODE
 
-# What Optuna and ASHA optimize: validation accuracy, with a run that failed without a finite
-# accuracy (diverged to NaN) scored 0, so the searcher learns that region is bad instead of
-# dropping the trial. Test accuracy is never used for selection.
-METRIC = "objective"
-MODE = "max"
 SCHEDULERS = ("asha", "none")
 RAY_FOLDER = "ray"  # Tune's experiment (TensorBoard logs, trial state) under the tune folder
 STUDY_FILE = "study.json"  # what the study was started with; a resume must match it

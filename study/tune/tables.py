@@ -37,6 +37,11 @@ EPOCH_COLUMNS = [
     "images_per_s",
     "status",
 ]
+# What Optuna and ASHA optimize: validation accuracy, with a run that failed without a finite
+# accuracy (diverged to NaN) scored 0, so the searcher learns that region is bad instead of
+# dropping the trial. Test accuracy is never used for selection.
+METRIC = "objective"
+MODE = "max"
 CONFIG_KEY = "trial_config"  # the reported JSON config ("config" is Tune's own result key)
 
 
@@ -61,7 +66,7 @@ def last_attempt(history: pd.DataFrame | None) -> pd.DataFrame | None:
     if history is None or not len(history) or "epoch" not in history:
         return history
     restarts = (history["epoch"].diff() <= 0).to_numpy().nonzero()[0]
-    return history.iloc[restarts[-1]:] if len(restarts) else history
+    return history.iloc[restarts[-1] :] if len(restarts) else history
 
 
 def trial_row(result: Any, *, params: list[str], data: ImageData, fallback_config: str) -> dict[str, Any]:
