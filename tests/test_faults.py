@@ -43,7 +43,7 @@ def test_trial_worker_killed_mid_trial_is_retried_and_the_study_completes(tmp_pa
             "--trials",
             "4",
             "--epochs",
-            "12",
+            "40",
             "--scheduler",
             "none",
             "--optimizer",  # a stable optimizer: every trial should complete all its epochs
@@ -73,7 +73,7 @@ def test_trial_worker_killed_mid_trial_is_retried_and_the_study_completes(tmp_pa
     trials = pd.read_parquet(tmp_path / "k" / "tune" / "trials.parquet")
     assert len(trials) == 4 and trials["trial_id"].is_unique
     assert set(trials["status"]) == {"completed"}, trials[["status", "error"]]
-    assert (trials["epochs_run"] == 12).all()
+    assert (trials["epochs_run"] == 40).all()
 
 
 @pytest.mark.parametrize(

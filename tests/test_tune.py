@@ -201,8 +201,8 @@ def test_dashboard_answers_http_while_the_study_runs_and_ctrl_c_exits_130(tmp_pa
     port = free_port()
     proc = subprocess.Popen(
         study_cmd(
-            # long enough (2 x 400 epochs) that the study is still running when the dashboard answers
-            *("tune", "--dataset", "digits", "--trials", "2", "--epochs", "400", "--scheduler", "none"),
+            # far longer than the test: it is stopped by Ctrl-C once the dashboard has answered
+            *("tune", "--dataset", "digits", "--trials", "2", "--epochs", "10000", "--scheduler", "none"),
             *("--dashboard-port", port, "--out", tmp_path, "--name", "d"),
         ),
         stdout=subprocess.PIPE,
