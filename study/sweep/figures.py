@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from study.common.files import save_figure
 from study.sweep.tables import FAILED_STATUSES, label_of
@@ -190,25 +190,98 @@ def error_bars(summary: pd.DataFrame, swept: list[str], path: Path, *, title: st
     save_figure(fig, path)
 
 
+BUDGET_TITLES = {"equal_steps": "equal steps", "equal_epochs": "equal epochs"}
+
+
 def fraction_plot(runs: pd.DataFrame, path: Path, *, title: str) -> None:
-    """Training and test error against the number of training examples, log-log (ok runs)."""
+    """Training and test error against the number of training examples, log-log (ok runs), one
+    pair of lines per budget (equal epochs, equal steps) when the runs carry a ``budget`` column."""
     ok = runs[~runs["status"].isin(FAILED_STATUSES)]
-    grouped = ok.groupby("train_images")[["train_error", "test_error"]].mean()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    budgets = list(dict.fromkeys(ok["budget"])) if "budget" in ok.columns else [None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     floor = 1e-4  # a perfect training fit would vanish from a log axis
-    ax.plot(
-        grouped.index,
-        grouped["train_error"].clip(lower=floor),
-        marker="o",
-        label="training error (running, last epoch)",
-    )
-    ax.plot(
-        grouped.index, grouped["test_error"].clip(lower=floor), marker="s", linestyle="--", label="test error"
-    )
+    sizes: set[int] = set()
+    for colour, budget in zip(COLOURS, budgets, strict=False):
+        part = ok if budget is None else ok[ok["budget"] == budget]
+        grouped = part.groupby("train_images")[["train_error", "test_error"]].mean()
+        sizes |= {int(n) for n in grouped.index}
+        name = "" if budget is None else f"{BUDGET_TITLES.get(budget, budget)}: "
+        ax.plot(
+            grouped.index,
+            grouped["train_error"].clip(lower=floor),
+            color=colour,
+            marker="o",
+            linestyle=":",
+            label=f"{name}training error (running, last epoch)",
+        )
+        ax.plot(
+            grouped.index,
+            grouped["test_error"].clip(lower=floor),
+            color=colour,
+            marker="s",
+            label=f"{name}test error (best validation epoch)",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xticks(grouped.index, [f"{int(n):,}" for n in grouped.index], rotation=30, ha="right")
+    ticks = sorted(sizes)
+    ax.set_xticks(ticks, [f"{n:,}" for n in ticks], rotation=30, ha="right")
     ax.minorticks_off()
-    ax.set(title=title, xlabel="training examples (log)", ylabel="error (log)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    # 1-2-5 ticks labelled as percentages: errors often span less than a decade
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{100 * value:g}%"))
+    ax.set(title=title, xlabel="training examples (log)", ylabel="error (log, mean of ok seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    save_figure(fig, path)
+
+
+def selection_plot(selection: pd.DataFrame, groups: list[str], field: str, path: Path, *, title: str) -> None:
+    """Mean validation accuracy (ok seeds, ± 1 std) against ``field`` for each group, the value
+    chosen for it ringed: what the selection saw, on the scale it chose on."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    styles = series_styles()
+    parts = selection.groupby(groups, sort=False, dropna=False) if groups else [((), selection)]
+    for key, part in parts:
+        key = key if isinstance(key, tuple) else (key,)
+        colour, linestyle = next(styles)
+        label = label_of(dict(zip(groups, key, strict=True)), groups) if groups else "all"
+        ax.errorbar(
+            part[field],
+            part["val_acc_mean"],
+            yerr=part["val_acc_std"].fillna(0.0),
+            color=colour,
+            linestyle=linestyle,
+            marker="o",
+            markersize=4,
+            capsize=2,
+            label=label,
+        )
+        chosen = part[part["selected"]]
+        ax.scatter(chosen[field], chosen["val_acc_mean"], s=160, facecolors="none", edgecolors=colour)
+        failed = part[part["n"] == 0]  # no ok seed: an x on the bottom edge, so the grid shows whole
+        ax.scatter(
+            failed[field],
+            np.full(len(failed), 0.03),
+            marker="x",
+            s=50,
+            color=colour,
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+        )
+    values = pd.to_numeric(selection[field], errors="coerce")
+    if values.notna().all() and (values > 0).all() and values.max() / values.min() >= 10:
+        ax.set_xscale("log")  # learning rates and the like span decades
+    finite = selection["val_acc_mean"][np.isfinite(selection["val_acc_mean"])]
+    if len(finite):
+        ax.set_ylim(max(0.0, float(finite.min()) - 0.05), min(1.0, float(finite.max()) + 0.02))
+    ax.set(
+        title=title,
+        xlabel=field,
+        ylabel="validation accuracy (mean of ok seeds ± std)",
+    )
+    ax.legend(
+        fontsize="small",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        title="ringed: chosen by validation\nx at the bottom: every run failed",
+    )
     save_figure(fig, path)
