@@ -405,7 +405,10 @@ def run(
     *,
     smoke: Annotated[
         bool,
-        typer.Option(help="Cut epochs to 1, seeds to 1, trials and members to 2: checks the pipeline fast."),
+        typer.Option(
+            help="Check the pipeline fast: 1 epoch, 1 seed, at most 2 values per swept list and 2 "
+            "fractions (equal-steps epochs capped), trials and members cut to 2."
+        ),
     ] = False,
     out: OutOption = Path("results"),
     name: Annotated[

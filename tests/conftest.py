@@ -138,5 +138,3 @@ def run_bounded(work: Callable[[], Any], limit_s: float = RUN_LIMIT_S) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
-
-
