@@ -20,7 +20,7 @@ from lenet_core.config import TrialConfig
 from lenet_core.errors import StudyError
 from lenet_core.train import build_trial_model, make_optimizer, train_one_epoch
 from study.bench import BenchSettings, bench_command, report_tables
-from study.bench.processes import ab_round, steps_per_epoch
+from study.bench.processes import ab_round, section, steps_per_epoch
 from study.cli import app
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -135,15 +135,23 @@ def test_ensemble_section_times_both_precisions_of_the_same_ensemble(tmp_path):
 def test_accuracy_section_trains_every_seed_in_both_precisions(digits):
     from study.bench.precision import accuracy_ab
 
-    settings = BenchSettings(quick=True, accuracy=True, epochs=1, seeds=2, precision_threads=1)
+    settings = BenchSettings(quick=True, core=False, accuracy=True, epochs=1, seeds=2, precision_threads=1)
     lines = []
-    figures = accuracy_ab(digits, settings=settings, model="lenet5", say=lines.append)
-    assert len(figures["fp32_test_acc"]) == len(figures["bf16_test_acc"]) == 2 and len(lines) == 4
+    sections = {}
+    with section(sections, "accuracy", lines.append, "accuracy"):
+        sections["accuracy"].update(accuracy_ab(digits, settings=settings, model="lenet5", say=lines.append))
+    figures = sections["accuracy"]
+    assert len(figures["fp32_test_acc"]) == len(figures["bf16_test_acc"]) == 2 and len(lines) == 1 + 4
     for acc in figures["fp32_test_acc"] + figures["bf16_test_acc"]:
         assert 0 < acc <= 1
     expected = 100 * (figures["bf16_mean"] - figures["fp32_mean"])
     assert figures["difference_points"] == pytest.approx(expected)
     assert figures["within_tolerance"] == (abs(expected) <= 0.5)
+    [(title, rows)] = report_tables(sections)  # only the sections that ran are tabled
+    assert title.startswith("6. lenet5 test accuracy") and [row["precision"] for row in rows] == [
+        "fp32",
+        "bf16",
+    ]
 
 
 @pytest.mark.parametrize("images", [1, 2, 63, 64, 65, 66, 130])
@@ -179,6 +187,8 @@ def test_rounds_alternate_which_side_goes_first():
 def test_bench_refuses_bad_settings_before_measuring(tmp_path):
     with pytest.raises(StudyError, match="--rounds must be >= 1"):
         BenchSettings(quick=True, rounds=0)
+    with pytest.raises(StudyError, match="leaves nothing to measure"):
+        BenchSettings(quick=True, core=False)
     with pytest.raises(StudyError, match="--device must be cpu or cuda"):
         BenchSettings(quick=True, device="tpu")
     with pytest.raises(StudyError, match="need MNIST"):

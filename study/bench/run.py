@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lenet_core.data import find_idx_files
 from lenet_core.errors import StudyError
 from study.bench.processes import load_average, section
 from study.bench.settings import SHARED_MNIST, BenchSettings
@@ -17,6 +16,8 @@ from study.bench.settings import SHARED_MNIST, BenchSettings
 
 def mnist_folder(settings: BenchSettings) -> Path:
     """MNIST for --ensemble and --accuracy: --mnist-dir, else the 5k subset beside the checkout."""
+    from lenet_core.data import find_idx_files
+
     folder = settings.mnist_dir or SHARED_MNIST
     if find_idx_files("mnist", folder, required=False) is None:
         raise StudyError(
@@ -58,16 +59,17 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp:
         work = Path(tmp)
         tv_root = extract_for_torchvision(fashion_dir, work / "torchvision")
-        with section(figures, "train", say, "1/3 whole-process study train vs the DataLoader script"):
-            figures["train"].update(
-                whole_process_train(
-                    data, data_dir=fashion_dir, tv_root=tv_root, settings=settings, work=work / "train"
+        if settings.core:
+            with section(figures, "train", say, "1/3 whole-process study train vs the DataLoader script"):
+                figures["train"].update(
+                    whole_process_train(
+                        data, data_dir=fashion_dir, tv_root=tv_root, settings=settings, work=work / "train"
+                    )
                 )
-            )
-        with section(figures, "precision", say, "2/3 bf16 vs fp32 training on the CPU"):
-            figures["precision"]["cases"] = precision_ab(data, settings)
-        with section(figures, "loop", say, "3/3 training loop vs DataLoader loop, in process"):
-            figures["loop"]["rows"] = loop_throughput(data, tv_root, settings)
+            with section(figures, "precision", say, "2/3 bf16 vs fp32 training on the CPU"):
+                figures["precision"]["cases"] = precision_ab(data, settings)
+            with section(figures, "loop", say, "3/3 training loop vs DataLoader loop, in process"):
+                figures["loop"]["rows"] = loop_throughput(data, tv_root, settings)
         if settings.study:
             from study.bench.tune import tune_overhead, whole_study
 
@@ -100,6 +102,7 @@ def bench_command(
     threads: int = 1,
     data_dir: Path | None = None,
     out: Path,
+    core: bool = True,
     study: bool = False,
     ensemble: bool = False,
     accuracy: bool = False,
@@ -118,6 +121,7 @@ def bench_command(
         quick=quick,
         device=device,
         threads=threads,
+        core=core,
         study=study,
         ensemble=ensemble,
         accuracy=accuracy,

@@ -14,6 +14,7 @@ FASHION_SYSTEM_COPY = Path("/usr/share/datasets/fashion-mnist")
 # MNIST-5k beside the checkout (../shared/data/mnist-5k): --ensemble's and --accuracy's default
 SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist-5k"
 TRAIN_BATCH = 64  # the batch size of the train, precision and study comparisons
+WORK_KEYS = ("train_images", "steps", "val_images", "test_images", "parameters")  # what both sides report
 REFERENCE_EVAL_BATCH = 1000  # what the PyTorch MNIST example uses for its test loader
 # The study's search, the same on both sides (Adam fixed, no scheduler)
 STUDY_SPACE_TOML = """\
@@ -42,6 +43,7 @@ class BenchSettings:
     batch_sizes: tuple[int, ...] = (32, 64, 256)
     threads: int = 1  # torch threads of the train and loop sections (both sides)
     precision_threads: int = 2  # torch threads of the ResNet-18 precision A/B and of --accuracy
+    core: bool = True  # the train, precision and loop sections (minutes); False: only the opt-in ones
     study: bool = False
     ensemble: bool = False
     accuracy: bool = False
@@ -58,6 +60,8 @@ class BenchSettings:
                 raise StudyError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.rounds is not None and self.rounds < 1:
             raise StudyError(f"--rounds must be >= 1, got {self.rounds}")
+        if not (self.core or self.study or self.ensemble or self.accuracy):
+            raise StudyError("--no-core leaves nothing to measure; add --study, --ensemble or --accuracy")
 
     def _rounds(self, quick: int, full: int) -> int:
         return self.rounds or (quick if self.quick else full)

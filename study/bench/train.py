@@ -34,7 +34,7 @@ from study.bench.processes import (
     steps_per_epoch,
     study_command,
 )
-from study.bench.settings import FASHION_SYSTEM_COPY, REFERENCE_SCRIPT, TRAIN_BATCH, BenchSettings
+from study.bench.settings import FASHION_SYSTEM_COPY, REFERENCE_SCRIPT, TRAIN_BATCH, WORK_KEYS, BenchSettings
 
 # ------------------------------------------------------------------ data for torchvision
 
@@ -68,7 +68,6 @@ def extract_for_torchvision(data_dir: Path | None, into: Path) -> Path:
 
 # ------------------------------------------------------------------ 1. whole processes
 
-WORK_KEYS = ("train_images", "steps", "val_images", "test_images", "parameters")  # what both sides report
 # Run in a fresh interpreter: what `study train` spends before and around train_trial.
 IMPORT_PROBE = """
 import json, sys, time

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import resource
 import sys
 import tempfile
@@ -204,7 +206,8 @@ def tune_overhead(data: ImageData, settings: BenchSettings) -> dict[str, Any]:
         gpus=1 if settings.device == "cuda" else 0,
         gpus_per_trial=0.5 if settings.device == "cuda" else None,
     )
-    with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp, CpuSampler() as cpu:
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the study's own progress lines
+    with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp, CpuSampler() as cpu, quiet:
         wall_start = time.time()
         trials, epochs, _ = run_study(
             base=base,
