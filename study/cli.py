@@ -12,7 +12,7 @@ import typer
 from lenet_core.errors import StudyError
 from study.common.cluster import ClusterOptions
 from study.common.console import console, one_line_errors
-from study.common.files import default_run_name, prepare_run_dir
+from study.common.files import default_run_name
 from study.common.flags import ConfigFileOption, load_config_file, resolve_config, trial_config_flags
 
 app = typer.Typer(
@@ -350,48 +350,82 @@ def ensemble(
 @one_line_errors
 def bench(
     *,
-    quick: Annotated[bool, typer.Option(help="Fewer rounds and trials: about 2 minutes.")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    threads: Annotated[int, typer.Option(help="torch threads for the A/B loops.")] = 1,
+    quick: Annotated[bool, typer.Option(help="Fewer rounds and smaller sizes: a few minutes.")] = False,
+    core: Annotated[
+        bool,
+        typer.Option(
+            help="The core sections: whole-process study train vs a DataLoader script, bf16 vs fp32, "
+            "and the training loop A/B. --no-core runs only the opt-in sections."
+        ),
+    ] = True,
+    study: Annotated[
+        bool,
+        typer.Option(
+            "--study",
+            help="Also a whole study tune against a Ray-docs-style Tune + Optuna script (minutes).",
+        ),
+    ] = False,
+    ensemble: Annotated[
+        bool,
+        typer.Option(
+            "--ensemble",
+            help="Also study ensemble (5 LeNets + ResNet-18) with the ResNet in bf16 against fp32 "
+            "(about 15 minutes on 2 cores).",
+        ),
+    ] = False,
+    accuracy: Annotated[
+        bool,
+        typer.Option(
+            "--accuracy",
+            help="Also ResNet-18 test accuracy in bf16 against fp32 over --seeds seeds (an hour on 2 cores).",
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option(help="Device of the in-process loop section: cpu or cuda.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="torch threads of the train and loop sections.")] = 1,
+    rounds: Annotated[
+        int | None,
+        typer.Option(help="A/B rounds of every section (default: per section).", show_default=False),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs of --ensemble and --accuracy.")] = 10,
+    seeds: Annotated[int, typer.Option(help="Seeds of --accuracy.")] = 3,
     data_dir: Annotated[
         Path | None,
         typer.Option(
             help="Fashion-MNIST IDX folder. Default: /usr/share/datasets/fashion-mnist.", show_default=False
         ),
     ] = None,
+    mnist_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="MNIST folder for --ensemble and --accuracy. Default: ../shared/data/mnist-5k.",
+            show_default=False,
+        ),
+    ] = None,
     out: OutOption = Path("results"),
 ) -> None:
-    """Measure lenet_core's training loop against a DataLoader loop, and Ray Tune's overhead.
+    """Measure the project against the usual way of doing the same work, as ratios.
 
-    Prints a table and writes OUT/bench/<timestamp>.json. Ratios, not absolute numbers, are
-    what carries across noisy machines.
+    Each A/B alternates both sides in one run and takes the median; both sides report the work
+    they did. Prints the tables and writes OUT/bench/<timestamp>.json.
     """
-    import time
+    from study.bench import bench_command
 
-    import pandas as pd
-
-    from study.bench import BenchSettings, run_bench
-    from study.common.console import print_table
-    from study.common.files import write_json
-
-    if device not in ("cpu", "cuda"):
-        raise StudyError(f"--device must be cpu or cuda, got {device!r}")
-    if threads < 1:
-        raise StudyError(f"--threads must be >= 1, got {threads}")
-    settings = BenchSettings(quick=quick, device=device, threads=threads)
-    folder = prepare_run_dir(out, "bench", ".")
-    say = console().print
-    figures = run_bench(settings=settings, data_dir=data_dir, say=say)
-    print_table(
-        pd.DataFrame(figures["throughput"]), "training throughput (images/s, median)", float_format="{:,.2f}"
+    path = bench_command(
+        quick=quick,
+        core=core,
+        study=study,
+        ensemble=ensemble,
+        accuracy=accuracy,
+        device=device,
+        threads=threads,
+        rounds=rounds,
+        epochs=epochs,
+        seeds=seeds,
+        data_dir=data_dir,
+        mnist_dir=mnist_dir,
+        out=out,
     )
-    epoch = figures["full_epoch"]
-    print_table(pd.DataFrame([epoch]), "one epoch + validation (seconds)", float_format="{:,.2f}")
-    tune_figures = pd.DataFrame([{"figure": k, "value": v} for k, v in figures["tune"].items()])
-    print_table(tune_figures, "Ray Tune study (2 trials at a time)", float_format="{:,.3f}")
-    path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    write_json(path, figures)
-    say(f"-> {path}")
+    console().print(f"-> {path}")
 
 
 @app.command()
