@@ -46,6 +46,7 @@ def assert_all_finite(tree):
         assert value is not None and math.isfinite(value), where
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_quick_bench_compares_like_with_like_and_writes_every_section(tmp_path, capsys):
     path = bench_command(quick=True, out=tmp_path, say=print)

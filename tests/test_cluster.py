@@ -70,6 +70,7 @@ def collect(results: list[tuple[int, str]]) -> Callable[[int, tuple[int, str]], 
     return on_result
 
 
+@pytest.mark.slow
 def test_local_session_listens_only_on_loopback(ray_env: Path) -> None:
     import ray
 
@@ -96,6 +97,7 @@ def test_bind_accepts_loopback_all_interfaces_or_an_own_address_and_warns_beyond
     assert is_loopback("::ffff:127.0.0.1") and is_loopback("[::1]") and not is_loopback("192.0.2.2")
 
 
+@pytest.mark.slow
 def test_joins_a_loopback_cluster_and_runs_items_on_both_nodes(loopback_cluster, ray_env: Path) -> None:
     import ray
 
@@ -125,6 +127,7 @@ def test_joins_a_loopback_cluster_and_runs_items_on_both_nodes(loopback_cluster,
     assert LOOPBACK_SWITCH_ENV not in os.environ
 
 
+@pytest.mark.slow
 def test_item_on_a_lost_node_runs_again_on_the_other_and_completes_once(
     loopback_cluster, ray_env: Path
 ) -> None:
@@ -199,6 +202,7 @@ def silent_port() -> Iterator[int]:
         server.close()
 
 
+@pytest.mark.slow
 def test_port_that_is_not_ray_fails_within_30_s_in_one_line(ray_env: Path, silent_port: int, capfd) -> None:
     address = f"{LOOPBACK}:{silent_port}"
     started = time.monotonic()
@@ -218,6 +222,7 @@ def test_port_that_is_not_ray_fails_within_30_s_in_one_line(ray_env: Path, silen
     assert LOOPBACK_SWITCH_ENV not in os.environ
 
 
+@pytest.mark.slow
 def test_cli_names_a_port_that_is_not_ray_on_one_line(ray_env: Path, silent_port: int, tmp_path) -> None:
     from typer.testing import CliRunner
 

@@ -189,6 +189,7 @@ def test_ensemble_figures_are_non_empty_pngs(small_ensemble):
         assert data[:8] == PNG and len(data) > 5000, name
 
 
+@pytest.mark.slow
 def test_resume_reuses_checkpointed_members_and_plain_rerun_is_refused(small_ensemble):
     folder, _, args = small_ensemble
     before = (folder / "members" / "r0_seed_00" / "model.pt").stat().st_mtime_ns
@@ -200,6 +201,7 @@ def test_resume_reuses_checkpointed_members_and_plain_rerun_is_refused(small_ens
     assert (folder / "members" / "r0_seed_00" / "model.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_named_and_retrained(small_ensemble):
     folder, _, args = small_ensemble
     (folder / "members" / "r1_bagged_02" / "predictions.npz").write_bytes(b"garbage")

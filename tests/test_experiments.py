@@ -28,7 +28,14 @@ SWEEPS = {
     "pytorch-mnist-example": ("val_acc_per_epoch.png", 1, 1),
 }
 # the grids that add nothing the others do not check run with the slow tests (resnet50 is heavy)
-SLOW = {"lenet-variants", "augmentation", "lenet-vs-resnet"}
+SLOW = {
+    "lenet-variants",
+    "augmentation",
+    "lenet-vs-resnet",
+    "learning-rates",
+    "data-fraction",
+    "pytorch-mnist-example",
+}
 # Adadelta at lr 1 with batch 64 takes 20 steps of the 8x8 digits in a smoke epoch and collapses:
 # smaller batches give the report a number to quote (the file's recipe is checked on its own)
 SMOKE_FLAGS = {"pytorch-mnist-example": ["--batch-size", "16"]}
@@ -315,6 +322,7 @@ def test_pytorch_example_smoke_prints_our_number_next_to_the_published_one(smoke
     assert f"a test accuracy of {100 * ours:.2f}%" in text
 
 
+@pytest.mark.slow
 def test_learning_rate_smoke_keeps_diverging_runs(smoke):
     folder = smoke("learning-rates")
     runs = pd.read_parquet(folder / "runs.parquet")

@@ -91,6 +91,7 @@ def test_ensemble_members_are_placed_in_the_worker(granted_a_gpu, digits, monkey
     )
 
 
+@pytest.mark.slow
 def test_ray_logical_gpus_reach_the_placement(tmp_path):
     """A real Ray task asking for half a logical GPU is placed on cuda with its one CPU."""
     import ray

@@ -51,6 +51,7 @@ def test_impossible_resource_requests(kwargs, message):
         plan_resources(**args)
 
 
+@pytest.mark.slow
 def test_ray_places_fractional_gpu_trials_on_logical_gpus():
     """Ray's logical GPUs (no CUDA needed): 0.5 GPU tasks run four at a time on two 'GPUs'."""
     import time

@@ -99,6 +99,7 @@ def assert_storage_matches(study_: optuna.Study, trials: pd.DataFrame, epochs: p
             assert same(trial.intermediate_values[epoch], val_acc)
 
 
+@pytest.mark.slow
 def test_optuna_storage_reproduces_the_trials_table(study):
     optuna_study = load_optuna(study.folder, "tools")
     assert optuna_study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -113,6 +114,7 @@ def test_optuna_storage_reproduces_the_trials_table(study):
             assert trial.user_attrs["test_acc"] is None  # a pruned trial was never tested
 
 
+@pytest.mark.slow
 def test_resume_rebuilds_the_optuna_storage_without_duplicates(study, tmp_path):
     copy = tmp_path / "tools"
     shutil.copytree(study.folder.parent, copy)
@@ -139,6 +141,7 @@ def test_resume_rebuilds_the_optuna_storage_without_duplicates(study, tmp_path):
     assert_storage_matches(load_optuna(copy / "tune", "tools"), trials, study.epochs)
 
 
+@pytest.mark.slow
 def test_a_spent_time_budget_ends_the_study_normally(tmp_path):
     args = [
         *("tune", "--dataset", "digits", "--trials", "3", "--epochs", "200", "--scheduler", "none"),
@@ -228,6 +231,7 @@ def test_progress_clock_counts_from_the_study_start_not_the_first_result():
     assert len(lines) == 2 and "\x1b" not in log.getvalue()  # no bar, no escape codes
 
 
+@pytest.mark.slow
 def test_plain_progress_lines_name_every_trial_and_epoch(study):
     finished = {m[1]: m for m in FINISHED_LINE.findall(study.stdout)}
     trials = study.trials.set_index("trial_id")
@@ -246,6 +250,7 @@ def test_plain_progress_lines_name_every_trial_and_epoch(study):
     )
 
 
+@pytest.mark.slow
 def test_ray_experiment_analysis_lists_every_trial(study):
     from ray.tune import ExperimentAnalysis
 
@@ -255,6 +260,7 @@ def test_ray_experiment_analysis_lists_every_trial(study):
     assert len(frame) == 4 and "val_acc" in frame.columns
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_val_acc_per_epoch(study):
     event_files = list(study.folder.glob("ray/*/events.out.tfevents.*"))
     assert len(event_files) == 4 and all(p.stat().st_size > 0 for p in event_files)
