@@ -220,6 +220,9 @@ def test_dashboard_answers_http_while_the_study_runs_and_ctrl_c_exits_130(tmp_pa
                     answer = json.loads(r.read())
             except OSError:
                 time.sleep(0.2)
+        # Ctrl-C once a trial is training (Tune's own handler is in place by then)
+        while time.time() < deadline and proc.poll() is None and not _last_results(tmp_path / "d" / "tune"):
+            time.sleep(0.2)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # the study is not under test: stop it (our own child)
@@ -228,6 +231,24 @@ def test_dashboard_answers_http_while_the_study_runs_and_ctrl_c_exits_130(tmp_pa
     assert "ray_version" in answer
     assert proc.returncode == 130, stdout + stderr
     assert "continue with: study tune" in stderr and "--resume" in stderr
+
+
+def _wait_until_the_head_node_is_up(address: str, env: dict) -> str:
+    """The GCS port opens before the head's raylet registers: wait for a live node here."""
+    from lenet_core.errors import StudyError
+    from study.common.cluster import probe_ray_cluster
+
+    deadline = time.time() + 90
+    while True:
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("RAY_AUTH_MODE", env["RAY_AUTH_MODE"])
+                probe_ray_cluster(address)
+            return address
+        except StudyError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 @pytest.fixture
@@ -263,13 +284,7 @@ def ray_head(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}", env
+        yield _wait_until_the_head_node_is_up(f"127.0.0.1:{port}", env), env
     finally:
         os.killpg(head.pid, signal.SIGKILL)  # the head's own process group: its GCS, raylet, workers
         head.wait(timeout=30)
