@@ -202,27 +202,31 @@ def load_weights(path: Path) -> dict[str, Any]:
         raise StudyError(f"{path}: not a readable weights file ({type(exc).__name__})") from exc
 
 
+def _read_text(path: Path, *, what: str, error: type[StudyError]) -> str:
+    """A file's text, or ``error`` in one line when it is missing or unreadable."""
+    try:
+        return path.read_text()
+    except FileNotFoundError as exc:
+        raise error(f"{what} {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{what} {path} cannot be read ({exc})") from exc
+
+
 def read_toml(path: Path, *, what: str = "file") -> dict[str, Any]:
     """Parse a TOML file (never evaluated: tomllib only builds data), errors in one line."""
     import tomllib
 
+    text = _read_text(path, what=what, error=ConfigError)
     try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{what} {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what} {path} cannot be read ({exc})") from exc
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {path} is not valid TOML ({exc})") from exc
 
 
 def read_json(path: Path, *, what: str = "file") -> Any:
+    text = _read_text(path, what=what, error=StudyError)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise StudyError(f"{what} {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StudyError(f"{what} {path} cannot be read ({exc})") from exc
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise StudyError(f"{what} {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
 

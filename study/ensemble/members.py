@@ -102,9 +102,11 @@ def train_member(spec: MemberSpec, data: ImageData) -> MemberOutput:
     in_bag, oob_idx = bagging_indices(spec, data)
     result = train_trial(spec.config, data, train_indices=in_bag)
     model = load_trial_model(spec.config, result.state_dict)
-    test_proba = predict_proba(model, as_tensor(data.test_images), data=data).numpy()
+    # the member's own precision: a bf16 ResNet is voted on as it was tested, and no slower
+    precision = spec.config.precision
+    test_proba = predict_proba(model, as_tensor(data.test_images), data=data, precision=precision).numpy()
     oob_proba = (
-        predict_proba(model, as_tensor(data.train_images[oob_idx]), data=data).numpy()
+        predict_proba(model, as_tensor(data.train_images[oob_idx]), data=data, precision=precision).numpy()
         if len(oob_idx)
         else np.empty((0, data.num_classes), dtype=np.float32)
     )
