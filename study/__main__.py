@@ -1,3 +1,3 @@
-from study.cli import app
+from study.cli import main
 
-app()
+main()

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from lenet_core.config import TrialConfig
 from lenet_core.data import load_dataset
 from lenet_core.train import TrialResult, train_trial
 from study.common.console import console, print_table, progress_bar
-from study.common.files import run_folder, save_weights, write_json, write_provenance, write_table
-
-
-def history_frame(result: TrialResult) -> pd.DataFrame:
-    return pd.DataFrame(result.history)
+from study.common.files import run_folder, save_weights, write_json, write_provenance, write_records
 
 
 def write_trial(result: TrialResult, folder: Path) -> None:
     """``history.{csv,parquet}``, ``result.json`` (config, metrics, provenance), ``model.pt``."""
-    write_table(history_frame(result), folder / "history")
+    write_records(result.history, folder / "history")
     save_weights(result.state_dict, folder / "model.pt")
     write_json(folder / "result.json", result.summary())
 
@@ -42,7 +36,7 @@ def run_train(config: TrialConfig, *, out: Path, name: str, overwrite: bool = Fa
             )
         write_trial(result, folder)
         write_provenance(folder, data=data, extra={"kind": "train"})
-    print_table(history_frame(result).drop(columns=["status"]), "history")
+    print_table([{k: v for k, v in row.items() if k != "status"} for row in result.history], "history")
     say(
         f"{result.status}: test accuracy {result.test_acc:.4f} (val {result.val_acc:.4f}), "
         f"{result.seconds:.1f} s, {result.images_per_s:,.0f} images/s -> {folder}"

@@ -94,13 +94,21 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
         yield advance
 
 
-def print_table(frame: pd.DataFrame, title: str, *, float_format: str = "{:.4f}") -> None:
+def print_table(
+    frame: pd.DataFrame | list[dict[str, Any]], title: str, *, float_format: str = "{:.4f}"
+) -> None:
+    """A rich table of a DataFrame, or of plain rows (dicts with the same keys)."""
     from rich.table import Table
 
+    if isinstance(frame, list):
+        columns = list(frame[0]) if frame else []
+        rows = [tuple(row[c] for c in columns) for row in frame]
+    else:
+        columns, rows = list(frame.columns), list(frame.itertuples(index=False))
     table = Table(title=title, show_lines=False)
-    for column in frame.columns:
+    for column in columns:
         table.add_column(str(column), justify="right")
-    for row in frame.itertuples(index=False):
+    for row in rows:
         table.add_row(*(_cell(v, float_format) for v in row))
     console().print(table)
 

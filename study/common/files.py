@@ -179,6 +179,18 @@ def write_table(frame: pd.DataFrame, stem: Path, *, csv: bool = True, markdown: 
         write_text(stem.with_suffix(".md"), frame.to_markdown(index=False, floatfmt=".4g") + "\n")
 
 
+def write_records(rows: list[dict[str, Any]], stem: Path) -> None:
+    """The files of ``write_table`` from plain rows, through pyarrow alone: a path (``study
+    train``) that needs no other table work skips importing pandas (a third of a second)."""
+    import pyarrow as pa
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    table = pa.Table.from_pylist(rows)
+    write_via_temp(stem.with_suffix(".parquet"), lambda p: pyarrow.parquet.write_table(table, p))
+    write_via_temp(stem.with_suffix(".csv"), lambda p: pyarrow.csv.write_csv(table, p))
+
+
 def save_figure(fig: Any, path: Path, *, dpi: int = 110) -> None:
     import matplotlib.pyplot as plt
 

@@ -46,15 +46,19 @@ CONFIG_KEY = "trial_config"  # the reported JSON config ("config" is Tune's own 
 
 
 def trial_status(last: dict[str, Any], *, errored: bool) -> str:
-    """completed / diverged / collapsed / pruned / errored / unfinished, from the last result."""
+    """completed / diverged / collapsed / pruned / errored / unfinished, from the last result.
+
+    The worker's own final status decides first: its last epoch says "completed", "diverged" or
+    "collapsed". Tune's ``done`` flag is not enough alone: Tune sets it on the cached last result
+    in place, so a study restored from a state saved in that moment has a finished trial without
+    it. ``done`` on a result the worker did not end means ASHA stopped the trial (pruned).
+    """
     if errored:
         return "errored"
-    if not last.get("done"):  # Tune sets done once a trial has ended, pruned ones included
-        return "unfinished"
     status = last.get("status")
     if status in FINAL_STATUSES:
         return str(status)
-    return "pruned"
+    return "pruned" if last.get("done") else "unfinished"
 
 
 def last_attempt(history: pd.DataFrame | None) -> pd.DataFrame | None:
