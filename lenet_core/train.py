@@ -27,6 +27,7 @@ from lenet_core.data import (
     ImageData,
     as_tensor,
     augment_batch,
+    default_cache_dir,
     normalize_,
     stratified_split,
     stratified_subset,
@@ -145,13 +146,18 @@ def trial_split(data: ImageData, config: TrialConfig) -> tuple[np.ndarray, np.nd
     """(train indices, validation indices) into ``data.train_images``, drawn from ``split_seed``.
 
     ``config.seed`` plays no part, so every seed of a study trains and selects on the same split.
+    Splits are cached beside the decoded datasets: the next trial skips importing scikit-learn.
     """
+    cache = default_cache_dir()
     train_idx, val_idx = stratified_split(
-        data.train_labels, held_out_fraction=config.val_fraction, seed=config.split_seed
+        data.train_labels, held_out_fraction=config.val_fraction, seed=config.split_seed, cache_dir=cache
     )
     if config.train_fraction < 1.0:
         keep = stratified_subset(
-            data.train_labels[train_idx], fraction=config.train_fraction, seed=config.split_seed
+            data.train_labels[train_idx],
+            fraction=config.train_fraction,
+            seed=config.split_seed,
+            cache_dir=cache,
         )
         train_idx = train_idx[keep]
     return train_idx, val_idx

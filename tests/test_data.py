@@ -4,6 +4,8 @@ import json
 import os
 import pickle
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -200,6 +202,55 @@ def test_stratified_split_is_seeded_disjoint_and_balanced(digits):
     assert len(np.intersect1d(kept, held)) == 0 and len(kept) + len(held) == len(labels)
     per_class = np.bincount(labels[held], minlength=10) / np.bincount(labels, minlength=10)
     assert np.allclose(per_class, 0.1, atol=0.02)
+
+
+def test_cached_split_equals_scikit_learns_and_survives_damage(digits, tmp_path):
+    labels = digits.train_labels
+    fresh = stratified_split(labels, held_out_fraction=0.1, seed=3)
+    first = stratified_split(labels, held_out_fraction=0.1, seed=3, cache_dir=tmp_path)
+    entries = list((tmp_path / "splits").glob("*.npz"))
+    assert len(entries) == 1
+    cached = stratified_split(labels, held_out_fraction=0.1, seed=3, cache_dir=tmp_path)
+    for split in (first, cached):
+        assert all(np.array_equal(a, b) for a, b in zip(split, fresh, strict=True))
+    other_seed = stratified_split(labels, held_out_fraction=0.1, seed=4, cache_dir=tmp_path)
+    assert len(list((tmp_path / "splits").glob("*.npz"))) == 2  # keyed by seed
+    assert not np.array_equal(other_seed[1], fresh[1])
+    entries[0].write_bytes(b"not an npz")  # damaged: recomputed, and written again
+    again = stratified_split(labels, held_out_fraction=0.1, seed=3, cache_dir=tmp_path)
+    assert all(np.array_equal(a, b) for a, b in zip(again, fresh, strict=True))
+    assert (
+        stratified_split(labels, held_out_fraction=0.1, seed=3, cache_dir=tmp_path)[1].tolist()
+        == fresh[1].tolist()
+    )
+    assert np.load(entries[0])["held"].tolist() == fresh[1].tolist()
+
+
+def test_a_warm_split_cache_spares_importing_scikit_learn(tmp_path):
+    """A trial's split is drawn by scikit-learn once; later trials read it (no second of import)."""
+    script = (
+        "import sys\n"
+        "from lenet_core.config import TrialConfig\n"
+        "from lenet_core.train import trial_split\n"
+        "from lenet_core.data import ImageData\n"
+        "import numpy as np\n"
+        "labels = np.repeat(np.arange(10, dtype=np.int64), 50)\n"
+        "images = np.zeros((500, 28, 28), np.uint8)\n"
+        "data = ImageData(name='mnist', train_images=images, train_labels=labels, test_images=images[:10],\n"
+        "    test_labels=labels[:10], source='t', checksum='c', mean=0.1, std=0.3)\n"
+        "train, val = trial_split(data, TrialConfig(dataset='mnist', train_fraction=0.5))\n"
+        "print(len(train), len(val), 'sklearn' in sys.modules)\n"
+    )
+    env = {**os.environ, "LENET_STUDY_DATA": str(tmp_path)}
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+        for _ in range(2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    cold, warm = (r.stdout.split() for r in runs)
+    assert cold == ["225", "50", "True"]  # 450 kept, half of them trained on; 50 validation
+    assert warm == ["225", "50", "False"]
+    assert len(list((tmp_path / "splits").glob("*.npz"))) == 2  # the validation split and the subset
 
 
 def test_bootstrap_returns_in_bag_with_replacement_and_out_of_bag():
