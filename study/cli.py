@@ -21,6 +21,8 @@ app = typer.Typer(
     help="LeNet-5 hyperparameter and ensemble study on MNIST-style digits (Ray Tune + Optuna).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # help texts are plain text: "[fixed]" or "[space]" stay as written, not read as rich markup
+    rich_markup_mode=None,
     add_completion=False,
 )
 

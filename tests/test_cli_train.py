@@ -1,6 +1,7 @@
 import json
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from lenet_core.config import FIELD_NAMES
@@ -62,3 +63,14 @@ def test_help_documents_every_trial_config_flag():
     assert result.exit_code == 0
     for name in FIELD_NAMES:
         assert "--" + name.replace("_", "-") in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "text"),
+    [("run", "override the file's [fixed] values"), ("tune", "([space] and [fixed] tables)")],
+)
+def test_help_keeps_square_brackets_as_written(command, text):
+    """Help is plain text: a TOML table name like [fixed] is not swallowed as rich markup."""
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert text in " ".join(result.output.split())
