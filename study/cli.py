@@ -418,7 +418,7 @@ def bench(
     """
     from study.bench import bench_command
 
-    path = bench_command(
+    bench_command(  # prints its tables and where it wrote them
         quick=quick,
         core=core,
         study=study,
@@ -433,7 +433,6 @@ def bench(
         mnist_dir=mnist_dir,
         out=out,
     )
-    console().print(f"-> {path}")
 
 
 @app.command()
