@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -72,18 +74,36 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def clock(seconds: float) -> str:
+    """0:01:05, as rich's own elapsed column writes it."""
+    return str(timedelta(seconds=max(int(seconds), 0)))
+
+
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
-    """A rich progress bar; yields ``advance(text=...)``. Plain log lines when not a terminal."""
+    """A rich progress bar; yields ``advance(text=...)``. Plain log lines when not a terminal
+    (a log file or CI would otherwise show nothing until the bar ends)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    out = console()
+    if not out.is_terminal:
+        started, done = time.monotonic(), 0
+
+        def log_line(info: str = "", steps: int = 1) -> None:
+            nonlocal done
+            done += steps
+            line = f"{description} {done}/{total} [{clock(time.monotonic() - started)}] {info}"
+            out.print(line.rstrip(), markup=False, highlight=False)
+
+        yield log_line
+        return
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
-        console=console(),
+        console=out,
     )
     task = progress.add_task(description, total=total, info="")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from ray.tune import Callback
@@ -20,14 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
 from rich.text import Text
 
+from study.common.console import clock
 from study.tune.tables import FINAL_STATUSES, METRIC, trial_status
 
 ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of a trial that will not run again
-
-
-def clock(seconds: float) -> str:
-    """0:01:05, as rich's own elapsed column writes it."""
-    return str(timedelta(seconds=max(int(seconds), 0)))
 
 
 class StudyClockColumn(ProgressColumn):
