@@ -63,6 +63,21 @@ def _ok_limits(values: pd.Series, metric: str) -> tuple[float, float] | None:
     return low - pad, high + pad
 
 
+def _seed_band(ok: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """Per epoch: (centre, band low, band high, seeds). Mean ± 1 std; on a log axis (losses) the
+    geometric mean and ± 1 std of the log, so the band stays positive and symmetric as drawn."""
+    values = ok[["epoch", metric]].copy()
+    log = metric in LOG_METRICS
+    if log:
+        values[metric] = np.log(values[metric].where(values[metric] > 0))
+    stats = values.groupby("epoch")[metric].agg(["mean", "std", "count"])
+    spread = stats["std"].fillna(0.0)
+    centre, low, high = stats["mean"], stats["mean"] - spread, stats["mean"] + spread
+    if log:
+        centre, low, high = np.exp(centre), np.exp(low), np.exp(high)
+    return centre, low, high, stats["count"]
+
+
 def _plot_metric(ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: str, *, legend: bool) -> None:
     styles = series_styles()
     ok_values = []
@@ -71,22 +86,29 @@ def _plot_metric(ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: s
         ok = part[~part["status"].isin(FAILED_STATUSES)]
         failed = part[part["status"].isin(FAILED_STATUSES)]
         if len(ok):
-            stats = ok.groupby("epoch")[metric].agg(["mean", "std", "count"])
             n = int(ok["seed"].nunique())
+            centre, low, high, count = _seed_band(ok, metric)
+            # Runs that stopped early leave later epochs to fewer seeds: those are drawn thin and
+            # without a band, so a mean over the survivors does not read as one over all n.
+            full = count.index[count == n]
+            last_full = int(full.max()) if len(full) else int(count.index.min())
+            head, tail = centre.loc[:last_full], centre.loc[last_full:]
             ax.plot(
-                stats.index,
-                stats["mean"],
+                head.index,
+                head,
                 color=colour,
                 linestyle=linestyle,
                 marker="o",
                 markersize=3,
                 label=f"{label} (n={n})" if legend else None,
             )
+            if len(tail) > 1:
+                ax.plot(tail.index, tail, color=colour, linestyle=linestyle, linewidth=0.8, alpha=0.7)
             if n > 1:  # a band only where there are seeds to spread
                 ax.fill_between(
-                    stats.index,
-                    stats["mean"] - stats["std"],
-                    stats["mean"] + stats["std"],
+                    head.index,
+                    low.loc[:last_full],
+                    high.loc[:last_full],
                     color=colour,
                     alpha=0.12,
                     linewidth=0,
@@ -124,7 +146,14 @@ def curves(
         xlabel="epoch",
         ylabel=TITLES.get(metric, metric) + (" (log)" if metric in LOG_METRICS else ""),
     )
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="mean over seeds ± std")
+    log = metric in LOG_METRICS
+    band = "geometric mean over seeds, ± 1 std of the log" if log else "mean over seeds ± std"
+    ax.legend(
+        fontsize="small",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        title=f"{band}\nthin: after some seeds stopped early",
+    )
     save_figure(fig, path)
 
 
@@ -137,7 +166,11 @@ def learning_curves(
     for ax, metric in zip(axes.flat, ("train_loss", "val_loss", "train_acc", "val_acc"), strict=True):
         _plot_metric(ax, points, metric, legend=ax is axes[0, 0])
         ax.set(title=TITLES[metric], xlabel="epoch", ylabel=TITLES[metric])
-    fig.suptitle(f"{title}: training vs validation (mean over seeds, band ± 1 std)")
+    fig.suptitle(
+        f"{title}\ntraining vs validation: mean over seeds, band ± 1 std (losses: geometric mean, "
+        "± 1 std of the log); thin lines: after some seeds stopped early",
+        fontsize="medium",
+    )
     fig.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 0.93))
     fig.tight_layout()
     save_figure(fig, path)
