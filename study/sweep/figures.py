@@ -29,6 +29,8 @@ TITLES = {
 # Up to 20 distinct colours, then the line style changes: every series stays distinguishable.
 COLOURS = plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]
 LINESTYLES = ("-", "--", "-.", ":")
+MAX_LINES = 10  # series in one curves panel before it is split into one panel per value of a field
+MAX_PANELS = 6
 
 
 def series_styles() -> itertools.cycle:
@@ -115,7 +117,9 @@ def _plot_metric(ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: s
                 )
             ok_values.append(ok[metric])
         if len(failed):
-            for _, run in failed.groupby("run"):
+            statuses = failed.drop_duplicates("run")["status"].value_counts()
+            counted = ", ".join(f"{count} {status}" for status, count in statuses.items())
+            for i, (_, run) in enumerate(failed.groupby("run")):
                 ax.plot(run["epoch"], run[metric], color=colour, linestyle=":", linewidth=0.8)
                 ax.scatter(
                     [run["epoch"].iloc[-1]],
@@ -123,7 +127,7 @@ def _plot_metric(ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: s
                     marker="x",
                     s=50,
                     color=colour,
-                    label=f"{label}: {run['status'].iloc[0]}" if legend else None,
+                    label=f"{label}: {counted}" if legend and i == 0 else None,  # one entry per point
                 )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     if metric in LOG_METRICS:
@@ -133,28 +137,52 @@ def _plot_metric(ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: s
         ax.set_ylim(*limits)  # failed runs beyond it are clipped; their x marks say where they ended
 
 
+def facet_field(runs: pd.DataFrame, swept: list[str]) -> str | None:
+    """The swept field whose values each get their own panel when one panel would hold more than
+    MAX_LINES lines: the one leaving the fewest lines per panel, with at most MAX_PANELS panels."""
+    sizes = {field: int(runs[field].nunique(dropna=False)) for field in swept}
+    lines = int(np.prod(list(sizes.values()))) if sizes else 0
+    candidates = [field for field in swept if 1 < sizes[field] <= MAX_PANELS]
+    if lines <= MAX_LINES or len(swept) < 2 or not candidates:
+        return None
+    return min(candidates, key=lambda field: lines / sizes[field])
+
+
 def curves(
     runs: pd.DataFrame, epochs: pd.DataFrame, swept: list[str], metric: str, path: Path, *, title: str
 ) -> None:
     """Per-epoch ``metric``, one line per grid point: mean over its ok seeds, band ± 1 std when
-    there are several; failed runs dotted and marked x where they ended, never averaged in."""
-    points = _grid_points(runs, epochs, swept)
-    fig, ax = plt.subplots(figsize=(8.5, 4.8))
-    _plot_metric(ax, points, metric, legend=True)
-    ax.set(
-        title=title,
-        xlabel="epoch",
-        ylabel=TITLES.get(metric, metric) + (" (log)" if metric in LOG_METRICS else ""),
+    there are several; failed runs dotted and marked x where they ended, never averaged in. A grid
+    too large for one panel gets one panel per value of a swept field, each with its own y range."""
+    facet = facet_field(runs, swept)
+    values = list(dict.fromkeys(runs[facet])) if facet else [None]
+    fig, axes = plt.subplots(
+        len(values), 1, figsize=(8.5, 4.8 if facet is None else 3.4 * len(values)), sharex=True
     )
+    axes = np.atleast_1d(axes)
     log = metric in LOG_METRICS
     band = "geometric mean over seeds, ± 1 std of the log" if log else "mean over seeds ± std"
-    ax.legend(
-        fontsize="small",
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        title=f"{band}\nthin: after some seeds stopped early",
-    )
+    for ax, value in zip(axes, values, strict=True):
+        part = runs if facet is None else runs[runs[facet] == value]
+        shown = swept if facet is None else [field for field in swept if field != facet]
+        _plot_metric(ax, _grid_points(part, epochs, shown), metric, legend=True)
+        ax.set(ylabel=TITLES.get(metric, metric) + (" (log)" if log else ""))
+        if facet is not None:
+            ax.set_title(f"{facet}={_fmt_value(value)}", fontsize="medium")
+        ax.legend(
+            fontsize="small",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            title=f"{band}\nthin: after some seeds stopped early" if ax is axes[0] else None,
+        )
+    axes[-1].set_xlabel("epoch")
+    fig.suptitle(title, fontsize="large")
+    fig.tight_layout()
     save_figure(fig, path)
+
+
+def _fmt_value(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def learning_curves(
