@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from study.sweep.figures import _seed_band, curves, facet_field
+from study.sweep.figures import _seed_band, curves, facet_field, learning_curves
 
 
 def grid_runs(**values: list) -> pd.DataFrame:
@@ -54,3 +54,17 @@ def test_curves_draw_one_panel_per_value_of_the_split_field(tmp_path):
     split, one = (Image.open(tmp_path / name) for name in ("split.png", "one.png"))
     assert facet_field(runs, swept) == "pooling"  # 12 lines: 3 panels of 4
     assert split.height > 1.8 * one.height  # three stacked 3.4-inch panels against one 4.8-inch panel
+
+
+def test_learning_curves_give_each_value_of_the_split_field_a_row(tmp_path):
+    runs = grid_runs(variant=["classic", "modern"], activation=["tanh", "relu"], pooling=["avg", "max", "s"])
+    runs["run"], runs["seed"], runs["status"] = range(len(runs)), 0, "completed"
+    metrics = {"train_loss": 1.0, "val_loss": 1.2, "train_acc": 0.6, "val_acc": 0.55}
+    rows = [{"run": r, "epoch": e, **{k: v / e for k, v in metrics.items()}} for r in runs["run"] for e in (1, 2)]
+    epochs = pd.DataFrame(rows)
+    swept = ["variant", "activation", "pooling"]
+    learning_curves(runs, epochs, swept, tmp_path / "rows.png", title="t")
+    learning_curves(runs[runs["pooling"] == "max"], epochs, swept, tmp_path / "grid.png", title="t")
+    split, grid = (Image.open(tmp_path / name) for name in ("rows.png", "grid.png"))
+    assert split.width > grid.width  # four metrics side by side, against a 2x2 grid
+    assert split.height > grid.height  # three rows of 3.2 inches, against 8 inches

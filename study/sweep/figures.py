@@ -185,21 +185,40 @@ def _fmt_value(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+LEARNING_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
+
+
 def learning_curves(
     runs: pd.DataFrame, epochs: pd.DataFrame, swept: list[str], path: Path, *, title: str
 ) -> None:
-    """Training against validation loss and accuracy per epoch for every grid point, seed bands."""
-    points = _grid_points(runs, epochs, swept)
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
-    for ax, metric in zip(axes.flat, ("train_loss", "val_loss", "train_acc", "val_acc"), strict=True):
-        _plot_metric(ax, points, metric, legend=ax is axes[0, 0])
-        ax.set(title=TITLES[metric], xlabel="epoch", ylabel=TITLES[metric])
-    fig.suptitle(
-        f"{title}\ntraining vs validation: mean over seeds, band ± 1 std (losses: geometric mean, "
-        "± 1 std of the log); thin lines: after some seeds stopped early",
-        fontsize="medium",
+    """Training against validation loss and accuracy per epoch for every grid point, seed bands:
+    a 2x2 figure, or for a grid too large for one panel a row of the four per value of the
+    field ``facet_field`` picks, each row with its own legend."""
+    facet = facet_field(runs, swept)
+    note = (
+        "training vs validation: mean over seeds, band ± 1 std (losses: geometric mean, "
+        "± 1 std of the log); thin lines: after some seeds stopped early"
     )
-    fig.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 0.93))
+    if facet is None:
+        points = _grid_points(runs, epochs, swept)
+        fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
+        for ax, metric in zip(axes.flat, LEARNING_METRICS, strict=True):
+            _plot_metric(ax, points, metric, legend=ax is axes[0, 0])
+            ax.set(title=TITLES[metric], xlabel="epoch", ylabel=TITLES[metric])
+        fig.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 0.93))
+    else:
+        values = list(dict.fromkeys(runs[facet]))
+        shown = [field for field in swept if field != facet]
+        fig, axes = plt.subplots(len(values), 4, figsize=(20, 3.2 * len(values)), sharex=True, squeeze=False)
+        for row, value in zip(axes, values, strict=True):
+            points = _grid_points(runs[runs[facet] == value], epochs, shown)
+            for ax, metric in zip(row, LEARNING_METRICS, strict=True):
+                _plot_metric(ax, points, metric, legend=ax is row[-1])
+                ax.set_title(f"{TITLES[metric]}, {facet}={_fmt_value(value)}", fontsize="medium")
+            row[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        for ax in axes[-1]:
+            ax.set_xlabel("epoch")
+    fig.suptitle(f"{title}\n{note}", fontsize="medium")
     fig.tight_layout()
     save_figure(fig, path)
 
