@@ -60,7 +60,9 @@ def test_learning_curves_give_each_value_of_the_split_field_a_row(tmp_path):
     runs = grid_runs(variant=["classic", "modern"], activation=["tanh", "relu"], pooling=["avg", "max", "s"])
     runs["run"], runs["seed"], runs["status"] = range(len(runs)), 0, "completed"
     metrics = {"train_loss": 1.0, "val_loss": 1.2, "train_acc": 0.6, "val_acc": 0.55}
-    per_epoch = [{"run": r, "epoch": e} | {k: v / e for k, v in metrics.items()} for r in runs["run"] for e in (1, 2)]
+    per_epoch = [
+        {"run": r, "epoch": e} | {k: v / e for k, v in metrics.items()} for r in runs["run"] for e in (1, 2)
+    ]
     epochs = pd.DataFrame(per_epoch)
     swept = ["variant", "activation", "pooling"]
     learning_curves(runs, epochs, swept, tmp_path / "rows.png", title="t")
