@@ -295,6 +295,7 @@ def test_optimizers_smoke_writes_the_selected_and_fixed_lr_views(smoke):
     assert "test error plays no part in the choice" in text and "With every condition at lr=0.001" in text
 
 
+@pytest.mark.slow
 def test_data_fraction_smoke_reports_both_budgets(smoke):
     folder = smoke("data-fraction")
     runs = pd.read_parquet(folder / "runs.parquet")
@@ -311,6 +312,7 @@ def test_data_fraction_smoke_reports_both_budgets(smoke):
         assert f"{100 * largest:.2f}% with {part['train_images'].max():,}" in text
 
 
+@pytest.mark.slow
 def test_pytorch_example_smoke_prints_our_number_next_to_the_published_one(smoke):
     folder = smoke("pytorch-mnist-example")
     summary = pd.read_parquet(folder / "summary.parquet")
