@@ -29,7 +29,7 @@ TITLES = {
 # Up to 20 distinct colours, then the line style changes: every series stays distinguishable.
 COLOURS = plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]
 LINESTYLES = ("-", "--", "-.", ":")
-MAX_LINES = 10  # series in one curves panel before it is split into one panel per value of a field
+MAX_LINES = 8  # series in one curves panel before it is split into one panel per value of a field
 MAX_PANELS = 6
 
 
@@ -177,8 +177,14 @@ def curves(
         )
     axes[-1].set_xlabel("epoch")
     fig.suptitle(title, fontsize="large")
-    fig.tight_layout()
+    _layout_below_suptitle(fig)
     save_figure(fig, path)
+
+
+def _layout_below_suptitle(fig: plt.Figure, *, lines: int = 2) -> None:
+    """tight_layout leaves the suptitle out: keep its lines (about 0.25 inch each) clear."""
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - (0.25 * lines + 0.1) / height))
 
 
 def _fmt_value(value: object) -> str:
@@ -209,7 +215,8 @@ def learning_curves(
     else:
         values = list(dict.fromkeys(runs[facet]))
         shown = [field for field in swept if field != facet]
-        fig, axes = plt.subplots(len(values), 4, figsize=(20, 3.2 * len(values)), sharex=True, squeeze=False)
+        # each row its own epochs: equal-steps budgets run 16x the epochs of equal-epochs ones
+        fig, axes = plt.subplots(len(values), 4, figsize=(20, 3.2 * len(values)), sharex="row", squeeze=False)
         for row, value in zip(axes, values, strict=True):
             points = _grid_points(runs[runs[facet] == value], epochs, shown)
             for ax, metric in zip(row, LEARNING_METRICS, strict=True):
@@ -219,7 +226,7 @@ def learning_curves(
         for ax in axes[-1]:
             ax.set_xlabel("epoch")
     fig.suptitle(f"{title}\n{note}", fontsize="medium")
-    fig.tight_layout()
+    _layout_below_suptitle(fig)
     save_figure(fig, path)
 
 
@@ -280,6 +287,7 @@ def fraction_plot(runs: pd.DataFrame, path: Path, *, title: str) -> None:
     budgets = list(dict.fromkeys(ok["budget"])) if "budget" in ok.columns else [None]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     floor = 1e-4  # a perfect training fit would vanish from a log axis
+    floored = False
     sizes: set[int] = set()
     for colour, budget in zip(COLOURS, budgets, strict=False):
         part = ok if budget is None else ok[ok["budget"] == budget]
@@ -294,6 +302,17 @@ def fraction_plot(runs: pd.DataFrame, path: Path, *, title: str) -> None:
             linestyle=":",
             label=f"{name}training error (running, last epoch)",
         )
+        at_floor = grouped["train_error"] < floor
+        if at_floor.any():  # hollow: below the floor (no training errors), not a measured 0.01%
+            ax.scatter(
+                grouped.index[at_floor],
+                [floor] * int(at_floor.sum()),
+                s=60,
+                color="white",
+                edgecolors=colour,
+                zorder=3,
+            )
+            floored = True
         ax.plot(
             grouped.index,
             grouped["test_error"].clip(lower=floor),
@@ -310,7 +329,13 @@ def fraction_plot(runs: pd.DataFrame, path: Path, *, title: str) -> None:
     ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{100 * value:g}%"))
     ax.set(title=title, xlabel="training examples (log)", ylabel="error (log, mean of ok seeds)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize="small",
+        title=f"hollow: no training errors, drawn at {100 * floor:g}%" if floored else None,
+        title_fontsize="small",
+    )
     save_figure(fig, path)
 
 
