@@ -89,7 +89,7 @@ DashboardPortOption = Annotated[
     int | None,
     typer.Option(
         "--dashboard-port",
-        help="Ray dashboard port (local Ray only). Default 8265, or a free port.",
+        help="Ray dashboard port (local Ray only). Default 8265, or the next free one after it.",
         show_default=False,
     ),
 ]

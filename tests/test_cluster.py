@@ -22,6 +22,7 @@ from study.common.cluster import (
     ClusterOptions,
     bind_warning,
     check_bind,
+    choose_dashboard_port,
     is_loopback,
     map_on_ray,
     ray_session,
@@ -86,6 +87,34 @@ def test_local_session_listens_only_on_loopback(ray_env: Path) -> None:
     assert dashboard_port in {port for _, port, _ in sockets}
     assert all(ipv4(address) == LOOPBACK for address, _, _ in sockets), sockets
     assert LOOPBACK_SWITCH_ENV not in os.environ  # the switch ends with the session
+
+
+@pytest.mark.slow
+def test_a_taken_default_dashboard_port_moves_the_dashboard_to_the_next_free_one(
+    ray_env: Path, monkeypatch
+) -> None:
+    """Two studies starting in the same second both found 8265 free, and the second failed inside
+    ray.init. Unasked, the port is left to Ray, which binds 8265 or the next free port itself."""
+    import ray
+
+    assert choose_dashboard_port(LOOPBACK, None) is None
+    # the race: any check made before Ray binds says "free", then another study takes the port
+    monkeypatch.setattr("study.common.cluster.port_is_free", lambda host, port: True)
+    holder = socket.socket()
+    try:
+        holder.bind((LOOPBACK, 8265))  # the other study's dashboard (or this machine's own Ray)
+        holder.listen()
+    except OSError:
+        holder.close()
+        holder = None  # 8265 is already taken here: the case under test all the same
+    try:
+        with ray_session(ClusterOptions()) as session:
+            assert ray.get(ray.remote(lambda: 1).remote()) == 1
+            port = int(session.dashboard_url.rsplit(":", 1)[1])
+    finally:
+        if holder is not None:
+            holder.close()
+    assert port != 8265
 
 
 def test_bind_accepts_loopback_all_interfaces_or_an_own_address_and_warns_beyond_loopback() -> None:

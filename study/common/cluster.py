@@ -29,7 +29,6 @@ R = TypeVar("R")
 
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = ("0.0.0.0", "::")
-DEFAULT_DASHBOARD_PORT = 8265
 ADDRESS_TIMEOUT_S = 3.0
 # The whole look at a cluster before joining it: a port that accepts and never answers must
 # end in one line well within 30 s. Ray spends up to 3 connection phases of GCS_CONNECT_TIMEOUT_MS.
@@ -278,19 +277,17 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def choose_dashboard_port(host: str, asked: int | None) -> int:
-    """The asked port if free (else a clear error); by default 8265, or any free port."""
-    if asked is not None:
-        if not 1 <= asked <= 65535:
-            raise ConfigError(f"--dashboard-port must be in 1..65535, got {asked}")
-        if not port_is_free(host, asked):
-            raise StudyError(f"--dashboard-port {asked} is already in use on {host}")
-        return asked
-    if port_is_free(host, DEFAULT_DASHBOARD_PORT):
-        return DEFAULT_DASHBOARD_PORT
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def choose_dashboard_port(host: str, asked: int | None) -> int | None:
+    """The asked port if free (else a clear error). Not asked: None, and Ray binds 8265 or the next
+    free port itself: a port checked free here could be taken by a study starting beside this one
+    before Ray binds it, and Ray does not retry a port it was given."""
+    if asked is None:
+        return None
+    if not 1 <= asked <= 65535:
+        raise ConfigError(f"--dashboard-port must be in 1..65535, got {asked}")
+    if not port_is_free(host, asked):
+        raise StudyError(f"--dashboard-port {asked} is already in use on {host}")
+    return asked
 
 
 def dashboard_warning(host: str) -> str | None:
