@@ -187,8 +187,8 @@ def ours_breakdown(runs: list[dict[str, Any]], probe: dict[str, float], python_s
 
     Inside train_trial: epoch training (its history), the train/validation split (read from the
     split cache), the lazy torch._dynamo import (first optimizer), and the rest (evaluation,
-    model, copies). Outside: interpreter,
-    imports and data (measured in a fresh interpreter), and the remainder (writing, tables, exit).
+    model, copies). Outside: interpreter, imports and data (measured in a fresh interpreter), and
+    the remainder (writing, tables, exit).
     """
     wall = median([r["wall_s"] for r in runs])
     trial = median([r["train_trial_s"] for r in runs])

@@ -31,6 +31,9 @@ COLOURS = plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]
 LINESTYLES = ("-", "--", "-.", ":")
 MAX_LINES = 8  # series in one curves panel before it is split into one panel per value of a field
 MAX_PANELS = 6
+BAND = "mean over seeds ± std"
+LOG_BAND = "geometric mean over seeds, ± 1 std of the log"  # losses, on log axes
+THIN = "thin: after some seeds stopped early"
 
 
 def series_styles() -> itertools.cycle:
@@ -161,23 +164,23 @@ def curves(
     )
     axes = np.atleast_1d(axes)
     log = metric in LOG_METRICS
-    band = "geometric mean over seeds, ± 1 std of the log" if log else "mean over seeds ± std"
+    band = LOG_BAND if log else BAND
     for ax, value in zip(axes, values, strict=True):
         part = runs if facet is None else runs[runs[facet] == value]
         shown = swept if facet is None else [field for field in swept if field != facet]
         _plot_metric(ax, _grid_points(part, epochs, shown), metric, legend=True)
         ax.set(ylabel=TITLES.get(metric, metric) + (" (log)" if log else ""))
         if facet is not None:
-            ax.set_title(f"{facet}={_fmt_value(value)}", fontsize="medium")
+            ax.set_title(label_of({facet: value}, [facet]), fontsize="medium")
         ax.legend(
             fontsize="small",
             loc="upper left",
             bbox_to_anchor=(1.01, 1.0),
-            title=f"{band}\nthin: after some seeds stopped early" if ax is axes[0] else None,
+            title=f"{band}\n{THIN}" if ax is axes[0] else None,
         )
     axes[-1].set_xlabel("epoch")
     fig.suptitle(title, fontsize="large")
-    _layout_below_suptitle(fig)
+    _layout_below_suptitle(fig, lines=1)
     save_figure(fig, path)
 
 
@@ -185,10 +188,6 @@ def _layout_below_suptitle(fig: plt.Figure, *, lines: int = 2) -> None:
     """tight_layout leaves the suptitle out: keep its lines (about 0.25 inch each) clear."""
     height = fig.get_size_inches()[1]
     fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - (0.25 * lines + 0.1) / height))
-
-
-def _fmt_value(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 LEARNING_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -201,10 +200,7 @@ def learning_curves(
     a 2x2 figure, or for a grid too large for one panel a row of the four per value of the
     field ``facet_field`` picks, each row with its own legend."""
     facet = facet_field(runs, swept)
-    note = (
-        "training vs validation: mean over seeds, band ± 1 std (losses: geometric mean, "
-        "± 1 std of the log); thin lines: after some seeds stopped early"
-    )
+    note = f"training vs validation: {BAND} (losses: {LOG_BAND}); {THIN}"
     if facet is None:
         points = _grid_points(runs, epochs, swept)
         fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
@@ -221,7 +217,7 @@ def learning_curves(
             points = _grid_points(runs[runs[facet] == value], epochs, shown)
             for ax, metric in zip(row, LEARNING_METRICS, strict=True):
                 _plot_metric(ax, points, metric, legend=ax is row[-1])
-                ax.set_title(f"{TITLES[metric]}, {facet}={_fmt_value(value)}", fontsize="medium")
+                ax.set_title(f"{TITLES[metric]}, {label_of({facet: value}, [facet])}", fontsize="medium")
             row[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
         for ax in axes[-1]:
             ax.set_xlabel("epoch")
