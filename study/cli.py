@@ -468,10 +468,12 @@ def run(
     """Run an experiment file (sweep, data-fraction, tune or ensemble) through Ray.
 
     TrialConfig flags (e.g. --dataset digits, --data-dir DIR) override the file's [fixed] values.
-    Writes tables (parquet + CSV), per-epoch curves, summaries and figures to OUT/NAME/.
+    Writes tables (parquet + CSV), per-epoch curves, summaries and figures to OUT/NAME/, and
+    OUT/NAME/REPORT.md (as study report does).
     """
     from lenet_core.data import load_dataset
     from study.experiments import execute, load_experiment
+    from study.writeup import write_report
 
     experiment = load_experiment(experiment_file)
     if smoke:
@@ -489,7 +491,7 @@ def run(
         overwrite=overwrite,
         say=console().print,
     )
-    console().print(f"results -> {root}  (write it up with: study report {root})")
+    console().print(f"results -> {root}; report -> {write_report(root)}")
 
 
 @app.command()

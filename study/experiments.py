@@ -3,7 +3,7 @@
 An experiment file names a kind and its fields; unknown keys and invalid values are rejected
 with one line naming the key::
 
-    kind = "sweep"                  # sweep | data-fraction | tune | ensemble
+    kind = "sweep"                  # sweep | data-fraction | tune | ensemble | tune-ensemble
     description = "..."             # the question, and the budget when the budget is part of it
     seeds = 5                       # repeats of every grid point (seed 0, 1, ..., 4)
     curve = "train_loss"            # per-epoch metric to plot, one line per grid point
@@ -51,6 +51,20 @@ Data-fraction (``kind = "data-fraction"``): ``fractions`` of the training split,
 
 At fraction 1 both budgets are the same runs, trained once and counted in both views. The
 summary compares the fractions within each budget.
+
+Tune, then ensemble (``kind = "tune-ensemble"``): the tune keys (``trials``, ``[space]``,
+``[fixed]``) and the ensemble keys (``members``, ``repeats``, ``resample``, ``resnet``,
+``resnet_precision``) in one file. The study runs first (OUT/NAME/tune); its best completed trial
+by validation accuracy (``tune/best.json``) is the config of every ensemble member
+(OUT/NAME/ensemble), as ``study ensemble --from OUT/NAME`` would. ``--resume`` skips a study that
+already ended and reuses the members already trained. Published numbers to place the results
+among, in the report's table::
+
+    anchor_source = "zalandoresearch/fashion-mnist README, benchmark table"
+    [[anchor]]
+    model = "2 conv + max pooling"
+    test_acc = [0.876, 0.916]       # a fraction, or [low, high] for a published range
+    parameters = "< 100K"           # optional, as published
 """
 
 from __future__ import annotations
@@ -62,9 +76,9 @@ from typing import Any
 
 from lenet_core.config import FIELD_NAMES, TrialConfig, from_dict
 from lenet_core.data import ImageData
-from lenet_core.errors import ConfigError
+from lenet_core.errors import ConfigError, StudyError
 
-KINDS = ("sweep", "data-fraction", "tune", "ensemble")
+KINDS = ("sweep", "data-fraction", "tune", "ensemble", "tune-ensemble")
 CURVES = ("train_loss", "val_loss", "val_acc", "train_acc", "test_error", "test_acc")
 KEYS = {
     "sweep": {
@@ -91,6 +105,10 @@ KEYS = {
         "fixed",
     },
 }
+KEYS["tune-ensemble"] = KEYS["tune"] | KEYS["ensemble"] | {"anchor", "anchor_source"}
+ANCHOR_KEYS = {"model", "test_acc", "parameters"}
+TUNED = ("tune", "tune-ensemble")  # kinds with a search space
+ENSEMBLED = ("ensemble", "tune-ensemble")  # kinds that train an ensemble
 REFERENCE_KEYS = {"test_acc": float, "source": str, "note": str}
 # --smoke: 1 epoch (whatever equal_steps would scale it to), 1 seed, 2 trials or members, and at
 # most 2 values of every swept list (its first and last, or the compare_at value and the first).
@@ -128,6 +146,8 @@ class Experiment:
     resample: str = "bootstrap"
     resnet: str = "resnet18"
     resnet_precision: str = ""  # "": the members' precision
+    anchor: list[dict[str, Any]] = field(default_factory=list)  # published rows for the report
+    anchor_source: str = ""
     epoch_cap: int = 0  # not a file key: --smoke's bound on every run's epochs; 0 = none
 
     def smoke(self) -> Experiment:
@@ -166,7 +186,7 @@ class Experiment:
             raise ConfigError(f"{where}: 'train_fraction' is both fixed and swept (by fractions)")
         base = self.base_config()
         self.configs()  # building every run's TrialConfig validates every swept value
-        if self.kind == "ensemble":
+        if self.kind in ENSEMBLED:
             try:
                 self.ensemble_plan().specs([base], base)
             except ConfigError as exc:
@@ -299,7 +319,8 @@ def parse_experiment(raw: dict[str, Any], *, name: str) -> Experiment:
         or not all(0 < f <= 1 for f in experiment.fractions)
     ):
         raise ConfigError(f"{where}: fractions must be a non-empty list of numbers in (0, 1]")
-    if kind == "tune":
+    _check_anchor(experiment, where)
+    if kind in TUNED:
         from study.tune.space import parse_space
 
         parse_space({"space": experiment.space, "fixed": experiment.fixed}, source=where)
@@ -369,6 +390,32 @@ def _check_reference(reference: dict[str, Any], where: str) -> None:
         )
 
 
+def _check_anchor(experiment: Experiment, where: str) -> None:
+    """Every [[anchor]] row names a model and a published accuracy (a fraction or [low, high])."""
+    if experiment.anchor and not experiment.anchor_source:
+        raise ConfigError(f"{where}: [[anchor]] rows need anchor_source, where the numbers come from")
+    for row in experiment.anchor:
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: anchor must be [[anchor]] tables, got {row!r}")
+        unknown = sorted(set(row) - ANCHOR_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{where}: anchor unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(ANCHOR_KEYS))}"
+            )
+        if not isinstance(row.get("model"), str) or not row["model"]:
+            raise ConfigError(f"{where}: every anchor needs model, a name")
+        if not isinstance(row.get("parameters", ""), str):
+            raise ConfigError(f'{where}: anchor parameters is text as published (e.g. "< 100K")')
+        accs = row.get("test_acc")
+        accs = accs if isinstance(accs, list) else [accs]
+        numbers = all(isinstance(a, int | float) and not isinstance(a, bool) for a in accs)
+        if not (numbers and len(accs) in (1, 2) and all(0 < a <= 1 for a in accs) and accs == sorted(accs)):
+            raise ConfigError(
+                f"{where}: anchor {row['model']!r} test_acc must be a fraction in (0, 1] or "
+                f"[low, high] (0.925 for 92.5%), got {row.get('test_acc')!r}"
+            )
+
+
 def _check_types(values: dict[str, Any], where: str) -> None:
     expected = {
         "description": str,
@@ -388,6 +435,8 @@ def _check_types(values: dict[str, Any], where: str) -> None:
         "resample": str,
         "resnet": str,
         "resnet_precision": str,
+        "anchor": list,
+        "anchor_source": str,
     }
     for key, value in values.items():
         kind = expected[key]
@@ -411,7 +460,11 @@ def execute(
     """Run an experiment of any kind through its stage; write its tables, figures and ``run.json``."""
     from study.common.files import write_provenance
 
-    stage = {"tune": _run_tune, "ensemble": _run_ensemble}.get(experiment.kind, _run_sweep)
+    stage = {
+        "tune": _run_tune,
+        "ensemble": _run_ensemble,
+        "tune-ensemble": _run_tune_then_ensemble,
+    }.get(experiment.kind, _run_sweep)
     stage(
         experiment,
         data=data,
@@ -443,6 +496,36 @@ def _run_tune(experiment: Experiment, *, data: ImageData, **run: Any) -> None:
     space = parse_space({"space": experiment.space, "fixed": {}}, source=f"{experiment.name}.toml")
     base, space = split_base_and_space(space, {}, experiment.fixed)
     run_study(base=base, space=space, settings=TuneSettings(trials=experiment.trials), data=data, **run)
+
+
+def _run_tune_then_ensemble(
+    experiment: Experiment, *, data: ImageData, out: Path, name: str, resume: bool, **run: Any
+) -> None:
+    """The study, then an ensemble of its best config: ``study tune`` + ``study ensemble --from``."""
+    from study.ensemble.run import config_from_best, find_best_json, run_ensemble
+    from study.tune.run import study_state
+
+    state = study_state(out / name / "tune") if resume else "absent"
+    if state == "ended":
+        run["say"](f"tune: the study in {out / name / 'tune'} has ended; its best config is reused")
+    else:
+        _run_tune(experiment, data=data, out=out, name=name, resume=state == "started", **run)
+    if not (out / name / "tune" / "best.json").is_file():
+        raise StudyError(
+            f"{out / name / 'tune'}: no trial completed, so there is no tuned config to ensemble"
+        )
+    best = find_best_json(out / name)
+    config = from_dict(config_from_best(best), source=str(best))
+    run_ensemble(
+        [config],
+        base=config,
+        plan=experiment.ensemble_plan(),
+        data=data,
+        out=out,
+        name=name,
+        resume=resume,
+        **run,
+    )
 
 
 def _run_ensemble(experiment: Experiment, *, data: ImageData, **run: Any) -> None:

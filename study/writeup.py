@@ -368,6 +368,75 @@ def train_section(folder: Path, root: Path) -> list[str]:
     ]
 
 
+def _anchor_accuracy(test_acc: float | list[float]) -> tuple[float, str]:
+    """(the value a published row sorts by: its range's midpoint, the text shown)."""
+    if isinstance(test_acc, list) and len(test_acc) == 2:
+        return sum(test_acc) / 2, f"{100 * test_acc[0]:.1f}-{100 * test_acc[1]:.1f}%"
+    value = test_acc[0] if isinstance(test_acc, list) else test_acc
+    return value, f"{100 * value:.1f}%"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def anchor_rows(anchors: list[dict], comparison: pd.DataFrame) -> pd.DataFrame:
+    """Published rows and ours (in bold, with an interval, parameters and training time) in one
+    table, by test accuracy (a published range at its midpoint), best first."""
+    rows = []
+    for anchor in anchors:
+        value, shown = _anchor_accuracy(anchor["test_acc"])
+        rows.append((value, anchor["model"], shown, anchor.get("parameters", "") or "", "", "published"))
+    for r in comparison.itertuples():
+        name = r.model if r.model.startswith("resnet") else f"LeNet-5 {r.model}"
+        shown = f"**{_pct(r.test_acc)}** [{_pct(r.ci95_low)}, {_pct(r.ci95_high)}]"
+        time = _duration(r.training_seconds) + (f" for {r.models} models" if r.models > 1 else "")
+        rows.append((r.test_acc, f"**{name}** (ours)", shown, f"{r.parameters:,}", time, f"ours, n={r.n}"))
+    rows.sort(key=lambda row: -row[0])
+    columns = ["model", "test accuracy", "parameters", "training time", "source"]
+    return pd.DataFrame([row[1:] for row in rows], columns=columns)
+
+
+def anchor_section(root: Path) -> list[str]:
+    """Our ensemble rows placed among published numbers (the experiment file's [[anchor]] rows)."""
+    run = read_json(root / "run.json", what="run.json") if (root / "run.json").is_file() else {}
+    file = run.get("file") or {}
+    comparison_path = root / "ensemble" / "comparison.parquet"
+    if not file.get("anchor") or not comparison_path.is_file():
+        return []
+    comparison = pd.read_parquet(comparison_path)
+    table = anchor_rows(file["anchor"], comparison)
+    published = [_anchor_accuracy(a["test_acc"]) for a in file["anchor"]]
+    sentences = []
+    for model in ("single model", "seed ensemble, hard vote", "bagged, hard vote"):
+        row = comparison[comparison["model"] == model]
+        if row.empty:
+            continue
+        r = row.iloc[0]
+        below = sum(r["ci95_high"] < value for value, _ in published)
+        above = sum(r["ci95_low"] > value for value, _ in published)
+        sentences.append(
+            f"LeNet-5 {model}: {_pct(r['test_acc'])} [{_pct(r['ci95_low'])}, {_pct(r['ci95_high'])}], "
+            f"n={r['n']}; its interval lies wholly above {above} of the {len(published)} published rows "
+            f"(a range at its midpoint) and wholly below {below}"
+            + (f", and overlaps {len(published) - above - below}." if above + below < len(published) else ".")
+        )
+    return [
+        "## Placed among published results",
+        "",
+        f"Published numbers: {file.get('anchor_source', '')}. Ours are in bold: mean test accuracy and "
+        "95% interval (over seeds for the single model, over repeats or Wilson's for votes), "
+        "parameters (a vote counts all its members), training time on the machine under "
+        '"What was run". The published rows come from other setups (epochs, augmentation, data '
+        "handling) and carry no intervals.",
+        "",
+        *sentences,
+        "",
+        _md(table),
+        "",
+    ]
+
+
 def find_sections(root: Path) -> list[tuple[str, Path]]:
     found = []
     if (root / "runs.parquet").is_file():
@@ -391,7 +460,7 @@ def write_report(root: Path) -> Path:
         "ensemble": ensemble_section,
         "train": train_section,
     }
-    lines = [f"# Report: {root.name}", ""]
+    lines = [f"# Report: {root.name}", "", *anchor_section(root)]
     for kind, folder in sections:
         body = builders[kind](folder, root)  # starts with its "## title" and a blank line
         lines += [

@@ -3,6 +3,7 @@ files run with --smoke on the digits and yield their tables and figures; `study 
 REPORT.md whose sentences quote the numbers in them. Selection by validation, equal-steps budgets
 and the per-grid format are checked on hand-made tables and configs."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,8 @@ SLOW = {
 # Adadelta at lr 1 with batch 64 takes 20 steps of the 8x8 digits in a smoke epoch and collapses:
 # smaller batches give the report a number to quote (the file's recipe is checked on its own)
 SMOKE_FLAGS = {"pytorch-mnist-example": ["--batch-size", "16"]}
+# a valid tune-ensemble file to break one anchor key of
+ANCHORED = {"kind": "tune-ensemble", "space": {"lr": {"low": 0.1, "high": 1.0}}, "anchor_source": "x"}
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -70,7 +73,7 @@ def smoke(tmp_path_factory):
 
 def test_every_experiment_file_parses_with_five_seeds_and_a_stated_budget():
     names = {p.stem for p in EXPERIMENTS.glob("*.toml")}
-    assert names == {*SWEEPS, "search", "ensemble"}
+    assert names == {*SWEEPS, "search", "ensemble", "fashion"}
     for path in EXPERIMENTS.glob("*.toml"):
         experiment = load_experiment(path)
         assert experiment.description
@@ -347,28 +350,114 @@ def test_lenet_vs_resnet_smoke_reports_parameters_and_time(smoke):
             assert f"model={model}: {row['parameters']:,} parameters, {row['seconds_mean']:,.0f} s" in text
 
 
+def test_ensemble_file_runs_three_repeats_of_every_baseline():
+    experiment = load_experiment(EXPERIMENTS / "ensemble.toml")
+    specs = experiment.ensemble_plan().specs([experiment.base_config()], experiment.base_config())
+    groups = [(s.group, s.repeat) for s in specs]
+    assert experiment.repeats == 3 and experiment.resample == "bootstrap"
+    for repeat in range(3):  # 5 bagged + 5 seed members and the ResNet in each repeat
+        assert groups.count(("bagged", repeat)) == groups.count(("seed", repeat)) == 5
+        assert groups.count(("baseline", repeat)) == 1
+    resnets = [s.config for s in specs if s.group == "baseline"]
+    assert {c.model for c in resnets} == {"resnet18"} and {c.precision for c in resnets} == {"bf16"}
+    assert {s.config.precision for s in specs if s.group != "baseline"} == {"fp32"}
+
+
+def test_fashion_file_tunes_the_full_space_then_ensembles_the_best():
+    experiment = load_experiment(EXPERIMENTS / "fashion.toml")
+    assert experiment.kind == "tune-ensemble" and experiment.trials >= 40
+    assert experiment.base_config().dataset == "fashion-mnist"
+    space = experiment.space
+    assert {"optimizer", "lr", "activation", "pooling", "batch_size"} <= set(space)
+    assert {"lr_schedule", "patience", "augment"} <= set(space) and "flip" in space["augment"]["choices"]
+    assert experiment.members == 5 and experiment.resample == "bootstrap"
+    assert experiment.resnet == "resnet18" and experiment.resnet_precision == "bf16"
+    published = {a["model"]: a["test_acc"] for a in experiment.anchor}
+    assert published["human"] == 0.835 and published["2 conv + max pooling"] == [0.876, 0.916]
+    assert len(published) == 5 and experiment.anchor_source
+
+
 @pytest.mark.slow
-def test_search_and_ensemble_experiments_smoke_on_digits(tmp_path):
-    for name, marker in (("search", "tune/trials.parquet"), ("ensemble", "ensemble/comparison.parquet")):
-        result = runner.invoke(
-            app,
-            [
-                "run",
-                str(EXPERIMENTS / f"{name}.toml"),
-                "--smoke",
-                "--dataset",
-                "digits",
-                "--out",
-                str(tmp_path),
-            ],
-        )
-        assert result.exit_code == 0, result.output
-        assert (tmp_path / name / marker).is_file()
-        report = runner.invoke(app, ["report", str(tmp_path / name)])
-        assert report.exit_code == 0, report.output
-    assert "trials:" in (tmp_path / "search" / "REPORT.md").read_text()
-    ensemble_report = (tmp_path / "ensemble" / "REPORT.md").read_text()
-    assert "ensemble(s) of 2 members" in ensemble_report and "McNemar" in ensemble_report
+def test_fashion_smoke_tunes_then_ensembles_the_best_trial_and_places_it(tmp_path):
+    """The tune-ensemble kind end to end on the digits: the members are the tune's best config,
+    REPORT.md holds the search, the ensemble and the anchor table, and --resume trains nothing."""
+    args = [
+        "run",
+        str(EXPERIMENTS / "fashion.toml"),
+        "--smoke",
+        "--dataset",
+        "digits",
+        "--out",
+        str(tmp_path),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "fashion"
+    best = json.loads((folder / "tune" / "best.json").read_text())["config"]
+    trials = pd.read_parquet(folder / "tune" / "trials.parquet")
+    assert len(trials) == 2 and best["epochs"] == 1
+    members = pd.read_parquet(folder / "ensemble" / "members.parquet")
+    configs = [json.loads(c) for c in members.loc[members["group"] != "baseline", "config"]]
+    assert len(configs) == 4  # 2 bagged + 2 seed members
+    for field in ("optimizer", "lr", "activation", "pooling", "batch_size", "lr_schedule", "augment"):
+        assert {c[field] for c in configs} == {best[field]}, field
+    report = (folder / "REPORT.md").read_text()
+    assert "trials:" in report and "ensemble(s) of 2 members" in report and "McNemar" in report
+    table = report.split("## Placed among published results", 1)[1]
+    assert "| human" in table and "87.6-91.6%" in table and "**LeNet-5 single model** (ours)" in table
+    assert "**resnet18** (ours)" in table and "61,706" in table
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "has ended; its best config is reused" in again.output
+    assert "0 models to train" in again.output
+    assert (folder / "REPORT.md").read_text().split("### What was run")[0] == report.split(
+        "### What was run"
+    )[0]
+
+
+def test_anchor_table_puts_ours_in_bold_among_published_rows_by_accuracy():
+    from study.writeup import anchor_rows
+
+    anchors = [
+        {"model": "human", "test_acc": 0.835},
+        {"model": "2 conv + max pooling", "test_acc": [0.876, 0.916], "parameters": "< 100K"},
+    ]
+    comparison = pd.DataFrame(
+        [
+            {
+                "model": "single model",
+                "test_acc": 0.90,
+                "ci95_low": 0.89,
+                "ci95_high": 0.91,
+                "n": 5,
+                "parameters": 61_706,
+                "training_seconds": 30.0,
+                "models": 1,
+            },
+            {
+                "model": "seed ensemble, hard vote",
+                "test_acc": 0.85,
+                "ci95_low": 0.84,
+                "ci95_high": 0.86,
+                "n": 1,
+                "parameters": 5 * 61_706,
+                "training_seconds": 600.0,
+                "models": 5,
+            },
+        ]
+    )
+    table = anchor_rows(anchors, comparison)
+    # 0.90 > midpoint 0.896 > 0.85 > 0.835
+    assert list(table["model"]) == [
+        "**LeNet-5 single model** (ours)",
+        "2 conv + max pooling",
+        "**LeNet-5 seed ensemble, hard vote** (ours)",
+        "human",
+    ]
+    assert table["test accuracy"][1] == "87.6-91.6%" and table["test accuracy"][3] == "83.5%"
+    assert table["test accuracy"][0] == "**90.00%** [89.00%, 91.00%]"
+    assert list(table["parameters"]) == ["61,706", "< 100K", "308,530", ""]
+    assert list(table["training time"]) == ["30 s", "", "10.0 min for 5 models", ""]
 
 
 # ------------------------------------------------------------------ refusals
@@ -405,6 +494,13 @@ def test_search_and_ensemble_experiments_smoke_on_digits(tmp_path):
         ({"kind": "ensemble", "members": 0}, "members must be >= 1"),
         ({"kind": "ensemble", "resample": "jackknife"}, "unknown --resample"),
         ({"kind": "ensemble", "repeats": "3"}, "repeats must be int"),
+        ({"kind": "ensemble", "anchor": []}, "unknown key 'anchor'"),
+        ({"kind": "tune-ensemble", "members": 1, "space": {"lr": {"low": 0.1, "high": 1.0}}}, "vote"),
+        ({"kind": "tune-ensemble", "anchor": [{"model": "x", "test_acc": 0.9}]}, "need anchor_source"),
+        (ANCHORED | {"anchor": [{"model": "x", "test_acc": 92.5}]}, "test_acc must be a fraction"),
+        (ANCHORED | {"anchor": [{"model": "x", "test_acc": [0.9, 0.8]}]}, "test_acc must be a fraction"),
+        (ANCHORED | {"anchor": [{"model": "x", "test_acc": 0.9, "year": 2017}]}, "unknown key 'year'"),
+        (ANCHORED | {"anchor": [{"test_acc": 0.9}]}, "needs model"),
     ],
 )
 def test_bad_experiment_files_are_rejected_by_name(raw, message):

@@ -10,6 +10,7 @@ Rows of the comparison (each per repeat, then mean and 95% interval over repeats
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,8 @@ def members_table(outputs: list[MemberOutput]) -> pd.DataFrame:
                 "training_seconds": m.summary.get("training_seconds"),
                 "node_ip": m.summary.get("node_ip", ""),
                 "node_id": m.summary.get("node_id", ""),
+                # the whole TrialConfig as it ran: replay one member with `study train --config`
+                "config": json.dumps(m.spec.config.to_dict(), sort_keys=True),
             }
             for m in outputs
         ]

@@ -191,6 +191,16 @@ def study_identity(
     }
 
 
+def study_state(folder: Path) -> str:
+    """ "absent" (nothing to resume), "started" (a study a resume continues) or "ended" (every
+    trial finished, or its time budget was spent: a resume would start nothing)."""
+    if not ((folder / STUDY_FILE).is_file() and (folder / RAY_FOLDER).is_dir()):
+        return "absent"
+    last_run = read_json(folder / RUN_FILE, what="run file") if (folder / RUN_FILE).is_file() else {}
+    ended = last_run.get("budget_spent") or last_run.get("trials_finished", -1) >= last_run.get("trials", 0)
+    return "ended" if last_run and ended else "started"
+
+
 def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> bool:
     """True if a study exists to resume; refuses a resume of a different study.
 
