@@ -302,6 +302,14 @@ def ensemble(
             show_default=False,
         ),
     ] = None,
+    resnet_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Most epochs of the ResNet (a ResNet epoch costs ~100 LeNet epochs on a CPU); it stops "
+            "early on the members' --patience too. Default: the members' --epochs.",
+            show_default=False,
+        ),
+    ] = None,
     resume: ResumeOption = False,
     overwrite: OverwriteOption = False,
     config_file: ConfigFileOption = None,
@@ -337,7 +345,12 @@ def ensemble(
         raise StudyError("ensemble members are LeNet-5; use --resnet for the ResNet baseline")
     data = load_dataset(base.dataset, data_dir=base.data_dir)
     plan = EnsemblePlan(
-        members=members, repeats=repeats, resample=resample, resnet=resnet, resnet_precision=resnet_precision
+        members=members,
+        repeats=repeats,
+        resample=resample,
+        resnet=resnet,
+        resnet_precision=resnet_precision,
+        resnet_epochs=resnet_epochs,
     )
     plan.specs(configs, base)  # bad --members, --repeats, --resample, --resnet: before loading data
     run_ensemble(

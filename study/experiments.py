@@ -54,9 +54,9 @@ summary compares the fractions within each budget.
 
 Tune, then ensemble (``kind = "tune-ensemble"``): the tune keys (``trials``, ``[space]``,
 ``[fixed]``) and the ensemble keys (``members``, ``repeats``, ``resample``, ``resnet``,
-``resnet_precision``) in one file. The study runs first (OUT/NAME/tune); its best completed trial
-by validation accuracy (``tune/best.json``) is the config of every ensemble member
-(OUT/NAME/ensemble), as ``study ensemble --from OUT/NAME`` would. ``--resume`` skips a study that
+``resnet_precision``, ``resnet_epochs``) in one file. The study runs first (OUT/NAME/tune); its
+best completed trial by validation accuracy (``tune/best.json``) is the config of every ensemble
+member (OUT/NAME/ensemble), as ``study ensemble --from OUT/NAME`` would. ``--resume`` skips a study that
 already ended and reuses the members already trained. Published numbers to place the results
 among, in the report's table::
 
@@ -102,6 +102,7 @@ KEYS = {
         "resample",
         "resnet",
         "resnet_precision",
+        "resnet_epochs",
         "fixed",
     },
 }
@@ -146,6 +147,7 @@ class Experiment:
     resample: str = "bootstrap"
     resnet: str = "resnet18"
     resnet_precision: str = ""  # "": the members' precision
+    resnet_epochs: int = 0  # 0: the members' epochs
     anchor: list[dict[str, Any]] = field(default_factory=list)  # published rows for the report
     anchor_source: str = ""
     epoch_cap: int = 0  # not a file key: --smoke's bound on every run's epochs; 0 = none
@@ -162,6 +164,7 @@ class Experiment:
             trials=min(self.trials, SMOKE["trials"]),
             members=min(self.members, SMOKE["members"]),
             repeats=1,
+            resnet_epochs=min(self.resnet_epochs, SMOKE["epochs"]) if self.resnet_epochs else 0,
             epoch_cap=SMOKE["epochs"],
         )
 
@@ -201,6 +204,7 @@ class Experiment:
             resample=self.resample,
             resnet=self.resnet,
             resnet_precision=self.resnet_precision or None,
+            resnet_epochs=self.resnet_epochs or None,
         )
 
     def base_config(self) -> TrialConfig:
@@ -435,6 +439,7 @@ def _check_types(values: dict[str, Any], where: str) -> None:
         "resample": str,
         "resnet": str,
         "resnet_precision": str,
+        "resnet_epochs": int,
         "anchor": list,
         "anchor_source": str,
     }

@@ -320,6 +320,7 @@ def ensemble_section(folder: Path, root: Path) -> list[str]:
                 else f"no significant difference (exact McNemar p = {row.mcnemar_p:.3g})"
             )
             lines.append(f"- {row.a} ({_pct(row.a_acc)}) vs {row.b} ({_pct(row.b_acc)}): {verdict}.")
+    lines += _budget_sentences(folder)
     main = summary["diversity"][summary["main_group"]]
     oob = (
         f"; its out-of-bag estimate is {_pct(main['ensemble_oob_acc'])}" if "ensemble_oob_acc" in main else ""
@@ -351,6 +352,26 @@ def ensemble_section(folder: Path, root: Path) -> list[str]:
         *_figures(folder, root),
         "",
     ]
+
+
+def _budget_sentences(folder: Path) -> list[str]:
+    """How long each kind of model trained: its epoch cap, and the epochs it ran (it stops early
+    on the config's patience and keeps its best validation epoch)."""
+    members_path = folder / "members.parquet"
+    if not members_path.is_file():
+        return []
+    members = pd.read_parquet(members_path)
+    if "epochs_run" not in members:  # tables from before the budget columns
+        return []
+    parts = []
+    for model, part in members.groupby("model", sort=False):
+        name = "LeNet-5 members" if model == "lenet5" else model
+        parts.append(
+            f"{name} at most {int(part['max_epochs'].max())} epochs, ran {part['epochs_run'].min():.0f}-"
+            f"{part['epochs_run'].max():.0f} (best validation epoch {part['best_epoch'].min():.0f}-"
+            f"{part['best_epoch'].max():.0f})"
+        )
+    return ["Budget: " + "; ".join(parts) + "."]
 
 
 def train_section(folder: Path, root: Path) -> list[str]:

@@ -216,8 +216,8 @@ def test_resnet_baseline_row_and_its_tests(tmp_path):
     result = runner.invoke(
         app,
         [
-            *("ensemble", "--dataset", "digits", "--members", "2", "--epochs", "1", "--resample", "none"),
-            *("--train-fraction", "0.3", "--out", str(tmp_path), "--name", "r"),
+            *("ensemble", "--dataset", "digits", "--members", "2", "--epochs", "2", "--resample", "none"),
+            *("--resnet-epochs", "1", "--train-fraction", "0.3", "--out", str(tmp_path), "--name", "r"),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -234,3 +234,7 @@ def test_resnet_baseline_row_and_its_tests(tmp_path):
     mcnemar = pd.read_parquet(folder / "mcnemar.parquet")
     assert "resnet18" in set(mcnemar["b"])
     assert (folder / "reliability.png").is_file()
+    members = pd.read_parquet(folder / "members.parquet").set_index("name")
+    # --resnet-epochs caps the ResNet alone; every row says its cap and the epochs it ran
+    assert members.loc["r0_resnet18", "max_epochs"] == members.loc["r0_resnet18", "epochs_run"] == 1
+    assert set(members.loc[members["model"] == "lenet5", "max_epochs"]) == {2}

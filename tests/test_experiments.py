@@ -372,6 +372,10 @@ def test_fashion_file_tunes_the_full_space_then_ensembles_the_best():
     assert {"lr_schedule", "patience", "augment"} <= set(space) and "flip" in space["augment"]["choices"]
     assert experiment.members == 5 and experiment.resample == "bootstrap"
     assert experiment.resnet == "resnet18" and experiment.resnet_precision == "bf16"
+    base = experiment.base_config()
+    specs = experiment.ensemble_plan().specs([base], base)
+    assert {(s.config.model, s.config.epochs) for s in specs} == {("lenet5", 20), ("resnet18", 5)}
+    assert experiment.smoke().resnet_epochs == 1
     published = {a["model"]: a["test_acc"] for a in experiment.anchor}
     assert published["human"] == 0.835 and published["2 conv + max pooling"] == [0.876, 0.916]
     assert len(published) == 5 and experiment.anchor_source
@@ -403,6 +407,7 @@ def test_fashion_smoke_tunes_then_ensembles_the_best_trial_and_places_it(tmp_pat
         assert {c[field] for c in configs} == {best[field]}, field
     report = (folder / "REPORT.md").read_text()
     assert "trials:" in report and "ensemble(s) of 2 members" in report and "McNemar" in report
+    assert "Budget: LeNet-5 members at most 1 epochs, ran 1-1" in report
     table = report.split("## Placed among published results", 1)[1]
     assert "| human" in table and "87.6-91.6%" in table and "**LeNet-5 single model** (ours)" in table
     assert "**resnet18** (ours)" in table and "61,706" in table
@@ -495,6 +500,7 @@ def test_anchor_table_puts_ours_in_bold_among_published_rows_by_accuracy():
         ({"kind": "ensemble", "resample": "jackknife"}, "unknown --resample"),
         ({"kind": "ensemble", "repeats": "3"}, "repeats must be int"),
         ({"kind": "ensemble", "anchor": []}, "unknown key 'anchor'"),
+        ({"kind": "ensemble", "resnet_epochs": 0}, "resnet_epochs must be >= 1"),
         ({"kind": "tune-ensemble", "members": 1, "space": {"lr": {"low": 0.1, "high": 1.0}}}, "vote"),
         ({"kind": "tune-ensemble", "anchor": [{"model": "x", "test_acc": 0.9}]}, "need anchor_source"),
         (ANCHORED | {"anchor": [{"model": "x", "test_acc": 92.5}]}, "test_acc must be a fraction"),

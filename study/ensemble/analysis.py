@@ -303,6 +303,9 @@ def members_table(outputs: list[MemberOutput]) -> pd.DataFrame:
                 "val_acc": m.summary.get("val_acc"),
                 "test_acc": m.summary.get("test_acc"),
                 "training_seconds": m.summary.get("training_seconds"),
+                "epochs_run": m.summary.get("epochs_run"),
+                "best_epoch": m.summary.get("best_epoch"),
+                "max_epochs": m.spec.config.epochs,
                 "node_ip": m.summary.get("node_ip", ""),
                 "node_id": m.summary.get("node_id", ""),
                 # the whole TrialConfig as it ran: replay one member with `study train --config`

@@ -24,7 +24,7 @@ import pandas as pd
 
 from lenet_core.config import TrialConfig, from_dict
 from lenet_core.data import ImageData
-from lenet_core.errors import StudyError
+from lenet_core.errors import ConfigError, StudyError
 from study.common.files import read_json
 from study.common.placement import without_placement
 from study.ensemble.members import (
@@ -157,13 +157,18 @@ class EnsemblePlan:
     resample: str = "bootstrap"  # "none": the seed ensemble and the single model only
     resnet: str = "resnet18"
     resnet_precision: str | None = None  # None: the members' precision
+    resnet_epochs: int | None = None  # None: the members' epochs (patience applies to both)
 
     def specs(self, configs: list[TrialConfig], base: TrialConfig) -> list[MemberSpec]:
         """Every model to train, members first, then the ResNet of each repeat."""
         members = member_specs(
             configs, self.members, seed=base.seed, repeats=self.repeats, resample=self.resample
         )
-        resnet_base = base if self.resnet_precision is None else base.replace(precision=self.resnet_precision)
+        if self.resnet_epochs is not None and self.resnet_epochs < 1:
+            raise ConfigError(f"--resnet-epochs must be >= 1, got {self.resnet_epochs}")
+        resnet_base = base.replace(
+            precision=self.resnet_precision or base.precision, epochs=self.resnet_epochs or base.epochs
+        )
         return members + resnet_specs(resnet_base, self.resnet, seed=base.seed, repeats=self.repeats)
 
 
