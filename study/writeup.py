@@ -308,18 +308,7 @@ def ensemble_section(folder: Path, root: Path) -> list[str]:
             f"- {row.model}: {_pct(row.test_acc)} test accuracy {interval} (n={row.n}, {row.interval}), "
             f"ECE {row.ece:.3f}, {row.training_seconds:.0f} s of training."
         )
-    lines.append("")
-    for repeat, part in mcnemar.groupby("repeat"):
-        if repeat != mcnemar["repeat"].min():
-            break
-        for row in part.itertuples():
-            better = row.a if row.a_acc > row.b_acc else row.b
-            verdict = (
-                f"{better} is better (exact McNemar p = {row.mcnemar_p:.3g})"
-                if row.mcnemar_p < 0.05
-                else f"no significant difference (exact McNemar p = {row.mcnemar_p:.3g})"
-            )
-            lines.append(f"- {row.a} ({_pct(row.a_acc)}) vs {row.b} ({_pct(row.b_acc)}): {verdict}.")
+    lines += ["", *mcnemar_sentences(mcnemar)]
     lines += _budget_sentences(folder)
     main = summary["diversity"][summary["main_group"]]
     oob = (
@@ -327,7 +316,8 @@ def ensemble_section(folder: Path, root: Path) -> list[str]:
     )
     lines.append(
         f"In the {summary['main_group']}, members disagree on {_pct(main['mean_pairwise_disagreement'])} of "
-        f"test images on average and at least one member is right on {_pct(main['oracle_accuracy'])}{oob}."
+        f"test images on average and at least one member is right on {_pct(main['oracle_accuracy'])}{oob}"
+        + (f" (means over {main['repeats']} repeats)." if main.get("repeats", 1) > 1 else ".")
     )
     per_class = pd.read_csv(folder / "per_class.csv")
     worst = per_class.sort_values("hard_vote_error", ascending=False).head(2)
@@ -352,6 +342,34 @@ def ensemble_section(folder: Path, root: Path) -> list[str]:
         *_figures(folder, root),
         "",
     ]
+
+
+def mcnemar_sentences(mcnemar: pd.DataFrame) -> list[str]:
+    """One line per compared pair: the exact McNemar verdict in every repeat and, with 2 or more
+    repeats, a paired t-test of the accuracies over repeats. A vote's "best member" differs by
+    repeat (chosen on validation), so those pairs are named by their role."""
+    from study.common.stats import paired_test
+
+    member = mcnemar["b"].str.fullmatch(r"r\d+_(seed|bagged)_\d+")  # e.g. r0_seed_00
+    table = mcnemar.assign(pair_b=mcnemar["b"].where(~member, "its best member"))
+    lines = []
+    for (a, b), part in table.groupby(["a", "pair_b"], sort=False):
+        verdicts = []
+        for row in part.itertuples():
+            winner = a if row.a_acc > row.b_acc else b
+            verdict = f"{winner} better" if row.mcnemar_p < 0.05 else "no significant difference"
+            scores = f"{_pct(row.a_acc)} vs {_pct(row.b_acc)}"
+            verdicts.append(f"repeat {row.repeat}: {scores}, {verdict} (p = {row.mcnemar_p:.2g})")
+        line = f"- {a} vs {b}, exact McNemar on the test set: " + "; ".join(verdicts)
+        if len(part) >= 2:
+            test = paired_test(part["a_acc"].to_numpy(), part["b_acc"].to_numpy())
+            line += (
+                f". Over the {test['n_pairs']} repeats: {100 * test['mean_diff']:+.2f} points on average, "
+                f"paired t-test p = {test['p_t']:.2g}"
+                + (" (significant at 0.05)" if test["p_t"] < 0.05 else " (not significant at 0.05)")
+            )
+        lines.append(line + ".")
+    return lines
 
 
 def _budget_sentences(folder: Path) -> list[str]:

@@ -161,7 +161,10 @@ def test_mcnemar_predictions_and_per_class_tables(small_ensemble, digits):
     diversity = json.loads((folder / "diversity.json").read_text())
     bagged_div = diversity["diversity"]["bagged"]
     assert 0 <= bagged_div["mean_pairwise_disagreement"] <= 1
-    assert len(bagged_div["vote_accuracy_by_members_mean"]) == 3
+    assert len(bagged_div["vote_accuracy_by_members_mean"]) == 3 and bagged_div["repeats"] == 2
+    # the curve pools both repeats: with every member voting, each order gives that repeat's vote
+    votes = pd.read_parquet(folder / "comparison_by_repeat.parquet").query("model == 'bagged, hard vote'")
+    assert bagged_div["vote_accuracy_by_members_mean"][-1] == pytest.approx(votes["test_acc"].mean())
     assert all(
         lo - 1e-9 <= m <= hi + 1e-9
         for lo, m, hi in zip(
@@ -171,6 +174,23 @@ def test_mcnemar_predictions_and_per_class_tables(small_ensemble, digits):
             strict=True,
         )
     )
+
+
+def test_report_gives_every_repeats_mcnemar_and_a_paired_test_over_repeats(small_ensemble):
+    from study.writeup import mcnemar_sentences
+
+    folder, _, _ = small_ensemble
+    mcnemar = pd.read_parquet(folder / "mcnemar.parquet")
+    lines = mcnemar_sentences(mcnemar)
+    pairs = {
+        (r.a, r.b if not r.b.startswith("r0_") and not r.b.startswith("r1_") else "")
+        for r in mcnemar.itertuples()
+    }
+    assert len(lines) == len(pairs) == 3  # each vote vs its best member, bagged vs seed
+    best = [line for line in lines if line.startswith("- bagged, hard vote vs its best member")]
+    assert len(best) == 1 and "repeat 0: " in best[0] and "repeat 1: " in best[0]
+    row = mcnemar[(mcnemar["a"] == "bagged, hard vote") & (mcnemar["repeat"] == 1)].iloc[0]
+    assert f"(p = {row.mcnemar_p:.2g})" in best[0] and "paired t-test p = " in best[0]
 
 
 def test_ensemble_figures_are_non_empty_pngs(small_ensemble):

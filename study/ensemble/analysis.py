@@ -211,30 +211,39 @@ def mcnemar_rows(repeat: Repeat, labels: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
-def diversity(repeat: Repeat, data: ImageData) -> dict[str, Any]:
-    """Disagreement, oracle accuracy, out-of-bag estimate and the vote-vs-members curves."""
+def diversity(repeats: list[Repeat], data: ImageData) -> dict[str, Any]:
+    """Disagreement, oracle accuracy and out-of-bag estimate (means over repeats), and the
+    vote-vs-members curves over random member orders of every repeat (mean and 95% band)."""
     labels = data.test_labels
     result: dict[str, Any] = {}
-    for group, members in repeat.groups.items():
-        probas = np.stack([m.test_proba for m in members])
-        preds = probas.argmax(axis=2)
-        curves = accuracy_as_members_are_added(probas, labels)
-        entry = {
-            "members": len(members),
-            "mean_pairwise_disagreement": mean_pairwise_disagreement(preds),
-            "oracle_accuracy": oracle_accuracy(preds, labels),
-            "best_member": best_member(members).spec.name,
-            "vote_accuracy_by_members_mean": curves.mean(axis=0).tolist(),
-            "vote_accuracy_by_members_low": np.percentile(curves, 2.5, axis=0).tolist(),
-            "vote_accuracy_by_members_high": np.percentile(curves, 97.5, axis=0).tolist(),
-            "seconds_per_member": _seconds(members) / len(members),
+    for group in repeats[0].groups:
+        entries, curves = [], []
+        for repeat in repeats:
+            members = repeat.groups[group]
+            probas = np.stack([m.test_proba for m in members])  # (M, N, C)
+            preds = probas.argmax(axis=2)
+            curves.append(accuracy_as_members_are_added(probas, labels))  # (orders, M)
+            entry = {
+                "mean_pairwise_disagreement": mean_pairwise_disagreement(preds),
+                "oracle_accuracy": oracle_accuracy(preds, labels),
+                "seconds_per_member": _seconds(members) / len(members),
+            }
+            if group == "bagged":
+                oob_acc, covered = out_of_bag_vote(
+                    [(m.oob_idx, m.oob_proba) for m in members], data.train_labels, data.num_classes
+                )
+                entry["ensemble_oob_acc"], entry["ensemble_oob_images"] = oob_acc, covered
+            entries.append(entry)
+        pooled = np.concatenate(curves)  # (repeats * orders, M)
+        result[GROUP_LABELS[group]] = {
+            "members": len(repeats[0].groups[group]),
+            "repeats": len(repeats),
+            **pd.DataFrame(entries).mean().to_dict(),
+            "best_member": best_member(repeats[0].groups[group]).spec.name,  # of the first repeat
+            "vote_accuracy_by_members_mean": pooled.mean(axis=0).tolist(),
+            "vote_accuracy_by_members_low": np.percentile(pooled, 2.5, axis=0).tolist(),
+            "vote_accuracy_by_members_high": np.percentile(pooled, 97.5, axis=0).tolist(),
         }
-        if group == "bagged":
-            oob_acc, covered = out_of_bag_vote(
-                [(m.oob_idx, m.oob_proba) for m in members], data.train_labels, data.num_classes
-            )
-            entry["ensemble_oob_acc"], entry["ensemble_oob_images"] = oob_acc, covered
-        result[GROUP_LABELS[group]] = entry
     return result
 
 
@@ -352,7 +361,7 @@ def analyze(outputs: list[MemberOutput], data: ImageData, folder: Path) -> dict[
         "repeats": len(repeats),
         "members": len(next(iter(first.groups.values()))),
         "main_group": GROUP_LABELS[main_group(first)],
-        "diversity": diversity(first, data),
+        "diversity": diversity(repeats, data),
         "baseline": first.baseline.spec.config.model if first.baseline else None,
     }
     write_json(folder / "diversity.json", summary)

@@ -80,8 +80,11 @@ def vote_accuracy_curve(
     single_model: float,
     baseline: tuple[str, float, float] | None,
     path: Path,
+    *,
+    repeats: int = 1,
 ) -> None:
-    """Left: hard-vote accuracy of k members, mean over random member orders with a 95% band.
+    """Left: hard-vote accuracy of k members, mean over random member orders (of every repeat)
+    with a 95% band; the single model and the baseline are their means over seeds and repeats.
     Right: the same against training seconds, with the baseline as one point (accuracy for compute).
 
     ``curves``: group -> {"mean", "low", "high": per-k lists, "seconds_per_member": float};
@@ -100,10 +103,11 @@ def vote_accuracy_curve(
     left.axhline(single_model, color="grey", linestyle=":", label="single model (mean over seeds)")
     if baseline is not None:
         name, acc, seconds = baseline
-        left.axhline(acc, color="tab:red", linestyle=(0, (5, 2)), label=name)
-        right.scatter([seconds], [acc], marker="*", s=180, color="tab:red", label=name, zorder=3)
+        left.axhline(acc, color="tab:red", linestyle=(0, (5, 2)), label=f"{name} (mean)")
+        right.scatter([seconds], [acc], marker="*", s=180, color="tab:red", label=f"{name} (mean)", zorder=3)
     left.set(
-        title="Vote accuracy as members are added (band: 95% of random orders)",
+        title="Vote accuracy as members are added\n(mean and 95% band over random member orders"
+        + (f" of {repeats} repeats)" if repeats > 1 else ")"),
         xlabel="members in the vote",
         ylabel="test accuracy",
         xticks=np.arange(1, max(len(c["mean"]) for c in curves.values()) + 1),
@@ -296,6 +300,7 @@ def write_figures(
         float(by_model.loc["single model", "test_acc"]),
         baseline,
         folder / "vote_accuracy_by_members.png",
+        repeats=int(next(iter(diversity.values()))["repeats"]),
     )
     calibrated = [
         ("single model", repeat.groups["seed"][0].test_proba),
