@@ -121,7 +121,9 @@ def vote_accuracy_curve(
     save_figure(fig, path)
 
 
-def reliability_diagram(models: list[tuple[str, np.ndarray]], labels: np.ndarray, path: Path) -> None:
+def reliability_diagram(
+    models: list[tuple[str, np.ndarray]], labels: np.ndarray, path: Path, *, which: str = ""
+) -> None:
     """Accuracy against confidence in 15 bins per model; the diagonal is perfect calibration."""
     from study.common.stats import expected_calibration_error, reliability_curve
 
@@ -133,7 +135,7 @@ def reliability_diagram(models: list[tuple[str, np.ndarray]], labels: np.ndarray
         ece = expected_calibration_error(proba, labels)
         ax.plot(curve["confidence"], curve["accuracy"], marker=marker, label=f"{name} (ECE {ece:.3f})")
     ax.set(
-        title="Reliability diagram (test set, 15 bins)",
+        title=f"Reliability diagram (test set, 15 bins{which})",
         xlabel="confidence (top-class probability)",
         ylabel="accuracy",
         xlim=(0, 1.02),
@@ -308,7 +310,10 @@ def write_figures(
     ]
     if repeat.baseline is not None:
         calibrated.append((repeat.baseline.spec.config.model, repeat.baseline.test_proba))
-    reliability_diagram(calibrated, labels, folder / "reliability.png")
+    repeats = int(next(iter(diversity.values()))["repeats"])
+    # one model of each kind is drawn: those of the first repeat (the ECE beside each is theirs)
+    which = f"; the models of repeat 0 of {repeats}" if repeats > 1 else ""
+    reliability_diagram(calibrated, labels, folder / "reliability.png", which=which)
 
     model = load_trial_model(member.spec.config, member.state_dict).eval()
     conv1_kernels(
