@@ -133,6 +133,7 @@ def test_lenet_vs_resnet_trains_every_model_for_the_same_epochs():
     assert {c.model for c in configs} == {"lenet5", "resnet18", "resnet50"}
     assert len({c.epochs for c in configs}) == 1 and {c.patience for c in configs} == {0}
     assert experiment.seeds >= 3 and all(c.test_every_epoch for c in configs)
+    assert {c.precision for c in configs} == {"bf16"}  # one arithmetic for every model
 
 
 def test_pytorch_example_file_is_the_examples_recipe():
