@@ -11,6 +11,21 @@ from __future__ import annotations
 # torchvision uses under its root (<root>/MNIST/raw/...).
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 DATASETS = (*TORCHVISION_CLASSES, "digits")
+# What each label means where it is not the digit itself (torchvision's FashionMNIST.classes).
+CLASS_NAMES = {
+    "fashion-mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+}
 AUGMENTATIONS = ("none", "blur", "rotate", "both", "flip")  # flip suits clothes, not digits
 
 MODEL_NAMES = ("lenet5", "resnet18", "resnet34", "resnet50")

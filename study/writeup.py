@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lenet_core.errors import StudyError
+from lenet_core.names import CLASS_NAMES
 from study.common.files import read_json, write_text
 from study.sweep.tables import FAILED_STATUSES, label_of
 
@@ -266,7 +267,9 @@ def tune_section(folder: Path, root: Path) -> list[str]:
         config, metrics = best["config"], best["metrics"]
         setting = (
             f"{config['optimizer']}, lr {config['lr']:.3g}, {config['activation']}, "
-            f"{config['pooling']} pooling, batch {config['batch_size']}"
+            f"{config['pooling']} pooling, batch {config['batch_size']}, "
+            f"{config['lr_schedule']} lr schedule, patience {config['patience']}, "
+            f"augmentation {config['augment']}"
         )
         lines.append(
             f"The best completed trial by validation accuracy ({setting}) reached validation accuracy "
@@ -321,9 +324,18 @@ def ensemble_section(folder: Path, root: Path) -> list[str]:
     )
     per_class = pd.read_csv(folder / "per_class.csv")
     worst = per_class.sort_values("hard_vote_error", ascending=False).head(2)
+    dataset = (
+        read_json(folder / "run.json", what="run.json").get("dataset")
+        if (folder / "run.json").is_file()
+        else None
+    )
+    names = CLASS_NAMES.get(dataset or "")
     lines.append(
         "The vote fails most on classes "
-        + " and ".join(f"{int(r.digit)} ({_pct(r.hard_vote_error)} error)" for r in worst.itertuples())
+        + " and ".join(
+            f"{int(r.digit)}{f' ({names[int(r.digit)]})' if names else ''}: {_pct(r.hard_vote_error)} error"
+            for r in worst.itertuples()
+        )
         + "."
     )
     return [
@@ -389,7 +401,16 @@ def _budget_sentences(folder: Path) -> list[str]:
             f"{part['epochs_run'].max():.0f} (best validation epoch {part['best_epoch'].min():.0f}-"
             f"{part['best_epoch'].max():.0f})"
         )
-    return ["Budget: " + "; ".join(parts) + "."]
+    at_cap = sorted(set(members.loc[members["best_epoch"] >= members["max_epochs"], "model"]))
+    capped = (
+        [
+            f"Still improving at the cap (best validation epoch = last): {', '.join(at_cap)}; "
+            "more epochs may raise it."
+        ]
+        if at_cap
+        else []
+    )
+    return ["Budget: " + "; ".join(parts) + ".", *capped]
 
 
 def train_section(folder: Path, root: Path) -> list[str]:

@@ -449,3 +449,11 @@ def test_damaged_entry_is_rebuilt_from_the_sources(tmp_path):
     images.write_bytes(images.read_bytes()[:-500])
     _assert_same_data(load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=cache), cold)
     assert _entries(cache) == [entry] and images.stat().st_size > 40 * 28 * 28  # repaired
+
+
+def test_fashion_class_names_are_torchvisions_in_label_order():
+    from torchvision.datasets import FashionMNIST
+
+    from lenet_core.names import CLASS_NAMES
+
+    assert list(CLASS_NAMES["fashion-mnist"]) == FashionMNIST.classes
