@@ -409,6 +409,8 @@ def test_fashion_smoke_tunes_then_ensembles_the_best_trial_and_places_it(tmp_pat
     report = (folder / "REPORT.md").read_text()
     assert "trials:" in report and "ensemble(s) of 2 members" in report and "McNemar" in report
     assert "Budget: LeNet-5 members at most 1 epochs, ran 1-1" in report
+    # one epoch is always the best one: both models are named as stopped while improving
+    assert "Still improving at the cap (best validation epoch = last): lenet5, resnet18;" in report
     table = report.split("## Placed among published results", 1)[1]
     assert "| human" in table and "87.6-91.6%" in table and "**LeNet-5 single model** (ours)" in table
     assert "**resnet18** (ours)" in table and "61,706" in table
