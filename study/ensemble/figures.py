@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lenet_core.data import ImageData
+from lenet_core.names import CLASS_NAMES
 from study.common.files import save_figure
 
 DIGITS = list(range(10))
@@ -160,7 +161,14 @@ def conv1_kernels(weights: np.ndarray, path: Path, *, title: str) -> None:
 
 
 def tsne_plot(
-    features: np.ndarray, labels: np.ndarray, pred: np.ndarray, path: Path, *, points: int, title: str
+    features: np.ndarray,
+    labels: np.ndarray,
+    pred: np.ndarray,
+    path: Path,
+    *,
+    points: int,
+    title: str,
+    class_names: tuple[str, ...] | None = None,
 ) -> None:
     from sklearn.manifold import TSNE
 
@@ -183,13 +191,22 @@ def tsne_plot(
         s=30,
         label=f"misclassified ({int(wrong.sum())})",
     )
-    fig.colorbar(scatter, ax=ax, ticks=DIGITS, label="true digit")
+    bar = fig.colorbar(scatter, ax=ax, ticks=DIGITS, label="true class" if class_names else "true digit")
+    if class_names:
+        bar.ax.set_yticklabels([f"{i} {name}" for i, name in enumerate(class_names)])
     ax.set(title=title, xlabel="t-SNE 1", ylabel="t-SNE 2")
     ax.legend(loc="upper right")
     save_figure(fig, path)
 
 
-def feature_maps(images: np.ndarray, features: dict[str, np.ndarray], labels: np.ndarray, path: Path) -> None:
+def feature_maps(
+    images: np.ndarray,
+    features: dict[str, np.ndarray],
+    labels: np.ndarray,
+    path: Path,
+    *,
+    class_names: tuple[str, ...] | None = None,
+) -> None:
     """For each example: the input, its 6 conv1 maps and 16 conv2 maps."""
     n = len(images)
     fig, axes = plt.subplots(n * 3, 16, figsize=(16 * 0.9, n * 3 * 1.0), squeeze=False)
@@ -198,7 +215,8 @@ def feature_maps(images: np.ndarray, features: dict[str, np.ndarray], labels: np
     for e in range(n):
         top = e * 3
         axes[top, 0].imshow(images[e], cmap="gray_r")
-        axes[top, 0].set_title(f"digit {labels[e]}", fontsize=8)
+        name = f"{labels[e]} {class_names[labels[e]]}" if class_names else f"digit {labels[e]}"
+        axes[top, 0].set_title(name, fontsize=8)
         for i in range(features["conv1"].shape[1]):
             axes[top + 1, i].imshow(features["conv1"][e, i], cmap="viridis")
             axes[top + 1, i].set_title(f"conv1 #{i}", fontsize=6)
@@ -206,7 +224,7 @@ def feature_maps(images: np.ndarray, features: dict[str, np.ndarray], labels: np
             axes[top + 2, i].imshow(features["conv2"][e, i], cmap="viridis")
             axes[top + 2, i].set_title(f"conv2 #{i}", fontsize=6)
     fig.suptitle(
-        "Feature maps for the two digits the vote gets wrong most often "
+        f"Feature maps for the two {'classes' if class_names else 'digits'} the vote gets wrong most often "
         "(rows: input, conv1 28x28 maps, conv2 10x10 maps)"
     )
     save_figure(fig, path)
@@ -262,6 +280,8 @@ def write_figures(
 ) -> None:
     """Every figure of one repeat's ``group`` ensemble; ``member`` is its best member by validation."""
     from lenet_core.train import load_trial_model, model_features
+
+    class_names = CLASS_NAMES.get(data.name)  # None for the digits: the label is the name
 
     labels = data.test_labels
     members = repeat.groups[group]
@@ -329,6 +349,7 @@ def write_figures(
         folder / "tsne_penultimate.png",
         points=TSNE_POINTS,
         title=f"t-SNE of 84-d penultimate features ({member.spec.name}, test set)",
+        class_names=class_names,
     )
     hardest = per_class.sort_values("hard_vote_error", ascending=False)["digit"].head(2).tolist()
     examples = [int(np.flatnonzero(labels == d)[0]) for d in hardest]
@@ -337,6 +358,7 @@ def write_figures(
         model_features(model, data.test_images[examples], data=data, keys=("conv1", "conv2")),
         labels[examples],
         folder / "feature_maps.png",
+        class_names=class_names,
     )
     train_features = model_features(model, data.train_images, data=data)["penultimate"]
     queries = np.random.default_rng(0).choice(len(labels), size=QUERIES, replace=False)
