@@ -39,7 +39,12 @@ SLOW = {
 }
 # Adadelta at lr 1 with batch 64 takes 20 steps of the 8x8 digits in a smoke epoch and collapses:
 # smaller batches give the report a number to quote (the file's recipe is checked on its own)
-SMOKE_FLAGS = {"pytorch-mnist-example": ["--batch-size", "16"]}
+# ResNet-50 trains and tests every epoch: a quarter of the digits' training split is enough to
+# check the parameters and time columns
+SMOKE_FLAGS = {
+    "pytorch-mnist-example": ["--batch-size", "16"],
+    "lenet-vs-resnet": ["--train-fraction", "0.25"],
+}
 # a valid tune-ensemble file to break one anchor key of
 ANCHORED = {"kind": "tune-ensemble", "space": {"lr": {"low": 0.1, "high": 1.0}}, "anchor_source": "x"}
 runner = CliRunner()
