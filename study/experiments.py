@@ -507,19 +507,18 @@ def _run_tune_then_ensemble(
     experiment: Experiment, *, data: ImageData, out: Path, name: str, resume: bool, **run: Any
 ) -> None:
     """The study, then an ensemble of its best config: ``study tune`` + ``study ensemble --from``."""
-    from study.ensemble.run import config_from_best, find_best_json, run_ensemble
+    from study.ensemble.run import config_from_best, run_ensemble
     from study.tune.run import study_state
 
-    state = study_state(out / name / "tune") if resume else "absent"
+    tune_folder = out / name / "tune"
+    state = study_state(tune_folder) if resume else "absent"
     if state == "ended":
-        run["say"](f"tune: the study in {out / name / 'tune'} has ended; its best config is reused")
+        run["say"](f"tune: the study in {tune_folder} has ended; its best config is reused")
     else:
         _run_tune(experiment, data=data, out=out, name=name, resume=state == "started", **run)
-    if not (out / name / "tune" / "best.json").is_file():
-        raise StudyError(
-            f"{out / name / 'tune'}: no trial completed, so there is no tuned config to ensemble"
-        )
-    best = find_best_json(out / name)
+    best = tune_folder / "best.json"
+    if not best.is_file():
+        raise StudyError(f"{tune_folder}: no trial completed, so there is no tuned config to ensemble")
     config = from_dict(config_from_best(best), source=str(best))
     run_ensemble(
         [config],

@@ -36,11 +36,16 @@ def _figures(folder: Path, root: Path) -> list[str]:
     ]
 
 
-def _provenance(folder: Path) -> list[str]:
+def _run_json(folder: Path) -> dict:
+    """The folder's run.json, or {} where none was recorded."""
     path = folder / "run.json"
-    if not path.is_file():
+    return read_json(path, what="run.json") if path.is_file() else {}
+
+
+def _provenance(folder: Path) -> list[str]:
+    run = _run_json(folder)
+    if not run:
         return ["(no run.json recorded in this folder)"]
-    run = read_json(path, what="run.json")
     versions = run.get("versions", {})
     machine = run.get("machine", {})
     lines = [
@@ -64,7 +69,7 @@ def sweep_section(folder: Path, root: Path) -> list[str]:
     or the grid), then failures, stopping, cost and any published reference, then the tables."""
     runs = pd.read_parquet(folder / "runs.parquet")
     summary = pd.read_parquet(folder / "summary.parquet")
-    run = read_json(folder / "run.json", what="run.json") if (folder / "run.json").is_file() else {}
+    run = _run_json(folder)
     file = run.get("file") or {}
     swept = list(summary.columns[: list(summary.columns).index("n")])
     select = file.get("select") if (folder / "selected.parquet").is_file() else ""
@@ -324,12 +329,7 @@ def ensemble_section(folder: Path, root: Path) -> list[str]:
     )
     per_class = pd.read_csv(folder / "per_class.csv")
     worst = per_class.sort_values("hard_vote_error", ascending=False).head(2)
-    dataset = (
-        read_json(folder / "run.json", what="run.json").get("dataset")
-        if (folder / "run.json").is_file()
-        else None
-    )
-    names = CLASS_NAMES.get(dataset or "")
+    names = CLASS_NAMES.get(_run_json(folder).get("dataset", ""))
     lines.append(
         "The vote fails most on classes "
         + " and ".join(
@@ -459,8 +459,7 @@ def anchor_rows(anchors: list[dict], comparison: pd.DataFrame) -> pd.DataFrame:
 
 def anchor_section(root: Path) -> list[str]:
     """Our ensemble rows placed among published numbers (the experiment file's [[anchor]] rows)."""
-    run = read_json(root / "run.json", what="run.json") if (root / "run.json").is_file() else {}
-    file = run.get("file") or {}
+    file = _run_json(root).get("file") or {}
     comparison_path = root / "ensemble" / "comparison.parquet"
     if not file.get("anchor") or not comparison_path.is_file():
         return []

@@ -282,6 +282,7 @@ def write_figures(
     from lenet_core.train import load_trial_model, model_features
 
     class_names = CLASS_NAMES.get(data.name)  # None for the digits: the label is the name
+    repeats = int(next(iter(diversity.values()))["repeats"])
 
     labels = data.test_labels
     members = repeat.groups[group]
@@ -322,7 +323,7 @@ def write_figures(
         float(by_model.loc["single model", "test_acc"]),
         baseline,
         folder / "vote_accuracy_by_members.png",
-        repeats=int(next(iter(diversity.values()))["repeats"]),
+        repeats=repeats,
     )
     calibrated = [
         ("single model", repeat.groups["seed"][0].test_proba),
@@ -330,7 +331,6 @@ def write_figures(
     ]
     if repeat.baseline is not None:
         calibrated.append((repeat.baseline.spec.config.model, repeat.baseline.test_proba))
-    repeats = int(next(iter(diversity.values()))["repeats"])
     # one model of each kind is drawn: those of the first repeat (the ECE beside each is theirs)
     which = f"; the models of repeat 0 of {repeats}" if repeats > 1 else ""
     reliability_diagram(calibrated, labels, folder / "reliability.png", which=which)

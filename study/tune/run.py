@@ -191,12 +191,21 @@ def study_identity(
     }
 
 
+def _has_study(folder: Path) -> bool:
+    return (folder / STUDY_FILE).is_file() and (folder / RAY_FOLDER).is_dir()
+
+
+def _last_run(folder: Path) -> dict[str, Any]:
+    """How the last run of the study in ``folder`` ended ({} when it never wrote its run file)."""
+    return read_json(folder / RUN_FILE, what="run file") if (folder / RUN_FILE).is_file() else {}
+
+
 def study_state(folder: Path) -> str:
     """ "absent" (nothing to resume), "started" (a study a resume continues) or "ended" (every
     trial finished, or its time budget was spent: a resume would start nothing)."""
-    if not ((folder / STUDY_FILE).is_file() and (folder / RAY_FOLDER).is_dir()):
+    if not _has_study(folder):
         return "absent"
-    last_run = read_json(folder / RUN_FILE, what="run file") if (folder / RUN_FILE).is_file() else {}
+    last_run = _last_run(folder)
     ended = last_run.get("budget_spent") or last_run.get("trials_finished", -1) >= last_run.get("trials", 0)
     return "ended" if last_run and ended else "started"
 
@@ -206,13 +215,11 @@ def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> boo
 
     (A study folder that holds results without --resume is refused earlier, by ``run_folder``.)
     """
-    saved_path = folder / STUDY_FILE
-    exists = saved_path.is_file() and (folder / RAY_FOLDER).is_dir()
     if not resume:
         return False
-    if not exists:
+    if not _has_study(folder):
         raise StudyError(f"--resume: no study to resume in {folder}")
-    saved = read_json(saved_path, what="study file")
+    saved = read_json(folder / STUDY_FILE, what="study file")
     # Tune restores the time budget the study started with, whatever a resume asks: refuse another.
     for key in ("dataset", "data_checksum", "space", "base", "trials", "seed", "scheduler", "time_budget_s"):
         if saved.get(key) != identity[key]:
@@ -220,7 +227,7 @@ def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> boo
                 f"--resume refused: the study in {folder} was started with a "
                 f"different {key.replace('_s', '').replace('_', ' ')}"
             )
-    last_run = read_json(folder / RUN_FILE, what="run file") if (folder / RUN_FILE).is_file() else {}
+    last_run = _last_run(folder)
     if last_run.get("budget_spent"):
         # Tune's searcher is finished for good once the budget stopped it: no trial would start.
         raise StudyError(
