@@ -93,6 +93,15 @@ DashboardPortOption = Annotated[
         show_default=False,
     ),
 ]
+DashboardOption = Annotated[
+    bool,
+    typer.Option(
+        "--dashboard/--no-dashboard",
+        envvar="STUDY_DASHBOARD",
+        help="Start the Ray dashboard with a local Ray (watch trials there). --no-dashboard or "
+        "STUDY_DASHBOARD=0 skips it: about 1.5 s and one process less, for batch jobs and tests.",
+    ),
+]
 DashboardHostOption = Annotated[
     str,
     typer.Option(
@@ -108,6 +117,7 @@ CLUSTER_FLAGS: dict[str, tuple[Any, Any]] = {
     "cpus_per_trial": (CpusPerTrialOption, 1),
     "max_concurrent": (MaxConcurrentOption, None),
     "address": (AddressOption, None),
+    "dashboard": (DashboardOption, True),
     "dashboard_port": (DashboardPortOption, None),
     "dashboard_host": (DashboardHostOption, "127.0.0.1"),
     "bind": (BindOption, "127.0.0.1"),

@@ -24,15 +24,18 @@ SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 @pytest.fixture(scope="session", autouse=True)
 def private_home_and_ray_folders(tmp_path_factory):
     """Keep every test off the user's files and Ray cluster: a temporary HOME (Ray's auth token,
-    the data cache) and RAY_TMPDIR (Ray's sessions and sockets), restored afterwards.
+    the data cache) and RAY_TMPDIR (Ray's sessions and sockets), restored afterwards; and local
+    Ray sessions without a dashboard (STUDY_DASHBOARD=0) where a test does not ask for one.
 
     Subprocesses inherit them. RAY_TMPDIR is short because Ray's socket paths must stay under
     108 characters.
     """
     home = tmp_path_factory.mktemp("home")
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "LENET_STUDY_DATA")}
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "LENET_STUDY_DATA", "STUDY_DASHBOARD")}
     os.environ.update(HOME=str(home), RAY_TMPDIR=ray_tmp, LENET_STUDY_DATA=str(home / "data"))
+    # No Ray dashboard unless a test asks for it (--dashboard): ~1.5 s and a process per Ray start
+    os.environ["STUDY_DASHBOARD"] = "0"
     yield
     for key, value in saved.items():
         if value is None:
@@ -74,7 +77,38 @@ def write_idx_set(
     return arrays
 
 
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+FASHION_SUBSET = {"train": 6_000, "test": 1_000}  # images: real Fashion-MNIST, a tenth of it
+
+
+@pytest.fixture(scope="session")
+def fashion_subset(tmp_path_factory) -> Path:
+    """The first 6,000 training and 1,000 test images of the real Fashion-MNIST, as gz IDX files:
+    the bench's plumbing on real data at a tenth of the cost (what it measures is not under test)."""
+    from lenet_core.data import IDX_FILES, find_idx_files, read_idx
+
+    source = find_idx_files("fashion-mnist", FASHION, required=True)
+    folder = tmp_path_factory.mktemp("fashion-subset")
+    for key, stem in IDX_FILES.items():
+        keep = FASHION_SUBSET["train" if key.startswith("train") else "test"]
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(read_idx(source[key])[:keep]), 1))
+    return folder
+
+
 # --------------------------------------------------------------------------- Ray clusters
+
+
+@pytest.fixture(scope="module")
+def shared_ray() -> Iterator[None]:
+    """One local Ray (loopback, no dashboard) for a module's in-process studies: each uses the
+    running session, as with a notebook's ray.init(), instead of starting and stopping its own
+    (~4 s each). Modules that test how a session starts, joins or ends do not use it."""
+    from study.common.cluster import ClusterOptions, ray_session
+
+    with ray_session(ClusterOptions(dashboard=False)):
+        yield
+
 
 LOOPBACK = "127.0.0.1"
 # Every Ray test must finish well inside this; a hang fails the test instead of the suite.

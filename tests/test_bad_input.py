@@ -88,7 +88,14 @@ CASES = {
     "tune no cuda": (["tune", *DIGITS, "--gpus", "2"], "CUDA sees 0 GPU"),
     "tune address": (["tune", *DIGITS, "--address", "127.0.0.1:1"], "cannot reach a Ray cluster"),
     "tune address form": (["tune", *DIGITS, "--address", "nowhere"], "must look like HOST:PORT"),
-    "tune port in use": (["tune", *DIGITS, "--dashboard-port", "{busy_port}"], "already in use"),
+    "tune port in use": (
+        ["tune", *DIGITS, "--dashboard", "--dashboard-port", "{busy_port}"],
+        "already in use",
+    ),
+    "tune port without dashboard": (
+        ["tune", *DIGITS, "--no-dashboard", "--dashboard-port", "{busy_port}"],
+        "--dashboard-port needs the dashboard",
+    ),
     "tune space keys": (
         ["tune", *DIGITS, "--space", "{file:s.toml:[space]\nlr = { lo = 1 }\n}"],
         "unknown key 'lo'",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,9 +21,7 @@ from lenet_core.train import build_trial_model, make_optimizer, train_one_epoch
 from study.bench import BenchSettings, bench_command, report_tables
 from study.bench.processes import ab_round, section, steps_per_epoch
 from study.cli import app
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+from tests.conftest import FASHION_SUBSET, needs_fashion
 
 
 def numbers(value, path="figures"):
@@ -48,8 +45,8 @@ def assert_all_finite(tree):
 
 @pytest.mark.slow
 @needs_fashion
-def test_quick_bench_compares_like_with_like_and_writes_every_section(tmp_path, capsys):
-    path = bench_command(quick=True, out=tmp_path, say=print)
+def test_quick_bench_compares_like_with_like_and_writes_every_section(fashion_subset, tmp_path, capsys):
+    path = bench_command(quick=True, data_dir=fashion_subset, out=tmp_path, say=print)
     printed = capsys.readouterr().out
     assert path.parent == tmp_path / "bench"
     figures = json.loads(path.read_text())
@@ -63,14 +60,15 @@ def test_quick_bench_compares_like_with_like_and_writes_every_section(tmp_path, 
     # 1. the same epoch both ways: images, steps, evaluation sizes and the same LeNet-5
     train = figures["train"]
     ours, reference = train["ours_work"], train["reference_work"]
-    assert ours["train_images"] == reference["train_images"] == 54_000
-    assert ours["steps"] == reference["steps"] == 844
-    assert ours["val_images"] == reference["val_images"] == 6_000
-    assert ours["test_images"] == reference["test_images"] == 10_000
+    train_images = FASHION_SUBSET["train"] * 9 // 10  # the other tenth is the validation split
+    assert ours["train_images"] == reference["train_images"] == train_images
+    assert ours["steps"] == reference["steps"] == -(-train_images // 64)
+    assert ours["val_images"] == reference["val_images"] == FASHION_SUBSET["train"] - train_images
+    assert ours["test_images"] == reference["test_images"] == FASHION_SUBSET["test"]
     assert ours["parameters"] == reference["parameters"] == 61_706
     assert ours["train_images_reported"] == ours["train_images"]  # what study train's history says
     for acc in train["ours_test_acc"] + train["reference_test_acc"]:
-        assert 0.5 < acc < 1.0  # one real epoch of Fashion-MNIST, not a guess (0.1)
+        assert 0.5 < acc < 1.0  # one real epoch of 5,400 Fashion-MNIST images, not a guess (0.1)
     assert train["speedup"] == pytest.approx(train["reference_wall_s"] / train["ours_wall_s"])
     for breakdown in (train["ours_breakdown_s"], train["reference_breakdown_s"]):
         parts = [v for k, v in breakdown.items() if k != "total"]
@@ -93,15 +91,17 @@ def test_quick_bench_compares_like_with_like_and_writes_every_section(tmp_path, 
 
 @pytest.mark.slow
 @needs_fashion
-def test_study_section_runs_the_same_trials_both_ways(tmp_path):
+def test_study_section_runs_the_same_trials_both_ways(fashion_subset, tmp_path):
     from lenet_core.data import load_dataset
     from study.bench.train import extract_for_torchvision
     from study.bench.tune import tune_overhead, whole_study
 
     settings = BenchSettings(quick=True, study=True)
-    data = load_dataset("fashion-mnist", data_dir=FASHION)
-    tv_root = extract_for_torchvision(FASHION, tmp_path / "tv")
-    study = whole_study(data, data_dir=FASHION, tv_root=tv_root, settings=settings, work=tmp_path / "study")
+    data = load_dataset("fashion-mnist", data_dir=fashion_subset)
+    tv_root = extract_for_torchvision(fashion_subset, tmp_path / "tv")
+    study = whole_study(
+        data, data_dir=fashion_subset, tv_root=tv_root, settings=settings, work=tmp_path / "study"
+    )
     ours, peer = study["ours"], study["peer"]
     for key in ("trials", "epochs", "train_images", "steps", "val_images"):
         assert ours[key] == peer[key], key
@@ -124,10 +124,14 @@ def test_ensemble_section_times_both_precisions_of_the_same_ensemble(tmp_path):
     from study.bench.ensemble import ensemble_ab
 
     settings = BenchSettings(quick=True, ensemble=True, epochs=1)
-    figures = ensemble_ab(settings=settings, work=tmp_path, dataset="digits", data_dir=None)
+    figures = ensemble_ab(
+        settings=settings, work=tmp_path, dataset="digits", data_dir=None, train_fraction=0.2
+    )
     for precision in ("fp32", "bf16"):
         run = figures[precision]
-        assert f"--resnet-precision {precision}" in run["command"]
+        assert (
+            f"--resnet-precision {precision}" in run["command"] and "--train-fraction 0.2" in run["command"]
+        )
         assert run["models"] == 6 and run["lenets"] == 5
         assert run["resnet_training_s"] > 0 and 0 < run["resnet_test_acc"] <= 1
     assert_all_finite({k: v for k, v in figures.items() if k not in ("fp32", "bf16", "dataset")})

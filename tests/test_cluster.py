@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from lenet_core.errors import ConfigError, StudyError
+from lenet_core.errors import ConfigError
 from study.common.cluster import (
     LOOPBACK,
     LOOPBACK_SWITCH_ENV,
@@ -232,34 +232,23 @@ def silent_port() -> Iterator[int]:
 
 
 @pytest.mark.slow
-def test_port_that_is_not_ray_fails_within_30_s_in_one_line(ray_env: Path, silent_port: int, capfd) -> None:
-    address = f"{LOOPBACK}:{silent_port}"
-    started = time.monotonic()
-
-    def join() -> None:
-        with ray_session(ClusterOptions(address=address)):
-            pass
-
-    with pytest.raises(StudyError) as raised:
-        run_bounded(join, limit_s=60)
-    elapsed = time.monotonic() - started
-    message = str(raised.value)
-    assert elapsed < 30, elapsed
-    assert address in message and "\n" not in message, message
-    output = capfd.readouterr()
-    assert "Failed to connect" not in output.out + output.err  # Ray's retry loop stayed silent
-    assert LOOPBACK_SWITCH_ENV not in os.environ
-
-
-@pytest.mark.slow
-def test_cli_names_a_port_that_is_not_ray_on_one_line(ray_env: Path, silent_port: int, tmp_path) -> None:
+def test_port_that_is_not_ray_fails_within_30_s_in_one_line(
+    ray_env: Path, silent_port: int, tmp_path, capfd
+) -> None:
+    """The whole wait, through the CLI: Ray's own probes and ours (one test: the wait is ~14 s)."""
     from typer.testing import CliRunner
 
     from study.cli import app
 
+    address = f"{LOOPBACK}:{silent_port}"
     started = time.monotonic()
-    args = ["tune", "--dataset", "digits", "--trials", "1", "--epochs", "1", "--out", str(tmp_path)]
-    result = CliRunner().invoke(app, [*args, "--address", f"{LOOPBACK}:{silent_port}"])
+    args = ["tune", "--dataset", "digits", "--trials", "1", "--epochs", "1", "--out", str(tmp_path / "out")]
+    result = run_bounded(lambda: CliRunner().invoke(app, [*args, "--address", address]), limit_s=60)
     assert time.monotonic() - started < 30
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert address in result.stderr
+    output = capfd.readouterr()
+    assert "Failed to connect" not in output.out + output.err  # Ray's retry loop stayed silent
+    assert LOOPBACK_SWITCH_ENV not in os.environ
+    assert not (tmp_path / "out").exists() or not any(p.is_file() for p in (tmp_path / "out").rglob("*"))

@@ -92,7 +92,7 @@ def test_member_checkpoint_round_trip_mismatch_and_damage(digits, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_ensemble(tmp_path_factory):
+def small_ensemble(shared_ray, tmp_path_factory):
     out = tmp_path_factory.mktemp("ens")
     args = [
         *("ensemble", "--dataset", "digits", "--members", "3", "--epochs", "2", "--repeats", "2"),
@@ -232,6 +232,7 @@ def test_a_damaged_checkpoint_is_named_and_retrained(small_ensemble):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")  # one local Ray for the module (conftest.py)
 def test_resnet_baseline_row_and_its_tests(tmp_path):
     result = runner.invoke(
         app,

@@ -52,7 +52,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(shared_ray, tmp_path_factory):
     """``smoke(name)``: the folder of `study run experiments/NAME.toml --smoke --dataset digits`
     and its REPORT.md, run once per module whichever tests ask for it."""
     done: dict[str, Path] = {}
@@ -388,6 +388,7 @@ def test_fashion_file_tunes_the_full_space_then_ensembles_the_best():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")  # one local Ray for the module (conftest.py)
 def test_fashion_smoke_tunes_then_ensembles_the_best_trial_and_places_it(tmp_path):
     """The tune-ensemble kind end to end on the digits: the members are the tune's best config,
     REPORT.md holds the search, the ensemble and the anchor table, and --resume trains nothing."""
@@ -397,6 +398,8 @@ def test_fashion_smoke_tunes_then_ensembles_the_best_trial_and_places_it(tmp_pat
         "--smoke",
         "--dataset",
         "digits",
+        "--train-fraction",  # ResNet-18 is its cost: a third of the digits' split checks the plumbing
+        "0.3",
         "--out",
         str(tmp_path),
     ]

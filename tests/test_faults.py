@@ -43,7 +43,7 @@ def test_trial_worker_killed_mid_trial_is_retried_and_the_study_completes(tmp_pa
             "--trials",
             "4",
             "--epochs",
-            "40",
+            "20",
             "--scheduler",
             "none",
             "--optimizer",  # a stable optimizer: every trial should complete all its epochs
@@ -73,7 +73,7 @@ def test_trial_worker_killed_mid_trial_is_retried_and_the_study_completes(tmp_pa
     trials = pd.read_parquet(tmp_path / "k" / "tune" / "trials.parquet")
     assert len(trials) == 4 and trials["trial_id"].is_unique
     assert set(trials["status"]) == {"completed"}, trials[["status", "error"]]
-    assert (trials["epochs_run"] == 40).all()
+    assert (trials["epochs_run"] == 20).all()
 
 
 @pytest.mark.parametrize(
@@ -94,6 +94,7 @@ def test_output_folder_that_cannot_be_written(tmp_path, command):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")  # one local Ray for the module (conftest.py)
 def test_two_hundred_trials_complete_and_driver_memory_stays_flat(tmp_path):
     """Ray has an open report of driver memory growing with trial count: measure ours."""
     from lenet_core.config import TrialConfig
@@ -111,7 +112,7 @@ def test_two_hundred_trials_complete_and_driver_memory_stays_flat(tmp_path):
         base=TrialConfig(dataset="digits", epochs=1, train_fraction=0.25),
         space=default_space(),
         settings=TuneSettings(trials=200, scheduler="none"),
-        cluster=ClusterOptions(),
+        cluster=ClusterOptions(dashboard=False),
         data=load_dataset("digits"),
         out=tmp_path,
         name="load",

@@ -58,7 +58,7 @@ def test_tune_trials_spread_over_both_nodes_and_match_a_one_node_run(loopback_cl
     # the dataset reached the worker node through the object store: it trained on the same data
     configs = [json.loads(c) for c in spread["config"]]
     assert {c["threads"] for c in configs} == {1} and {c["device"] for c in configs} == {"cpu"}
-    local = _study(ClusterOptions(max_concurrent=2), tmp_path / "local")
+    local = _study(ClusterOptions(max_concurrent=2, dashboard=False), tmp_path / "local")
     pd.testing.assert_frame_equal(_content(spread), _content(local))
 
 
@@ -93,7 +93,7 @@ def _remove_when_busy(cluster, worker, folder: Path) -> dict[str, set[str]]:
 
 def test_tune_study_survives_losing_the_worker_node(loopback_cluster, tmp_path):
     cluster, worker = loopback_cluster
-    epochs_per_trial = 60  # several seconds per trial: the node goes while a trial is mid-way
+    epochs_per_trial = 30  # seconds per trial: the node goes while a trial is mid-way
     folder = tmp_path / "m" / "tune"
     lost = _remove_when_busy(cluster, worker, folder)
     trials = _study(
@@ -133,7 +133,7 @@ def test_ensemble_members_spread_over_both_nodes_and_match_a_one_node_run(loopba
     spread = _ensemble(ClusterOptions(address=cluster.address), tmp_path / "cluster")
     assert len(spread) == 4 and spread["name"].is_unique
     assert set(spread["node_id"]) == {cluster.head_node.node_id, worker.node_id}
-    local = _ensemble(ClusterOptions(), tmp_path / "local")
+    local = _ensemble(ClusterOptions(dashboard=False), tmp_path / "local")
     columns = ["name", "seed", "bootstrap_seed", "status", "val_acc", "test_acc"]
     pd.testing.assert_frame_equal(
         spread[columns].sort_values("name").reset_index(drop=True),

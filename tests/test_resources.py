@@ -114,5 +114,5 @@ def test_auto_uses_the_gpus_ray_reports_and_a_number_caps_them(ray_env):
             assert (session.total_gpus, session.plan.gpus_per_trial) == (0.0, 0.0)
     finally:
         cluster.shutdown()
-    with ray_session(ClusterOptions()) as session:
+    with ray_session(ClusterOptions(dashboard=False)) as session:
         assert session.total_gpus == visible_cuda_gpus()

@@ -39,7 +39,7 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def small_study(tmp_path_factory):
+def small_study(shared_ray, tmp_path_factory):
     out = tmp_path_factory.mktemp("tune")
     result = runner.invoke(app, [*SMALL_STUDY, "--max-concurrent", "2", "--out", str(out), "--name", "s"])
     assert result.exit_code == 0, result.output
@@ -48,7 +48,11 @@ def small_study(tmp_path_factory):
 
 def test_study_writes_every_table_and_figure(small_study):
     folder, output = small_study
-    assert "Ray dashboard: http://127.0.0.1:" in output
+    # the module's Ray (conftest.py's shared_ray) is used as it is, and left running
+    assert "Ray dashboard: none in the Ray session this process already runs" in output
+    import ray
+
+    assert ray.is_initialized()
     trials = pd.read_parquet(folder / "trials.parquet")
     assert len(trials) == 4 and trials["trial_id"].is_unique
     assert list(trials["trial"]) == [1, 2, 3, 4]
@@ -152,6 +156,15 @@ def test_resume_with_a_different_space_is_refused(small_study):
     assert result.exit_code == 2 and "different space" in result.stderr
 
 
+@pytest.mark.usefixtures("shared_ray")  # one local Ray for the module (conftest.py)
+def test_a_process_already_running_ray_cannot_join_another_cluster(tmp_path):
+    args = ["tune", "--dataset", "digits", "--trials", "1", "--epochs", "1", "--address", "127.0.0.1:6379"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "Ray already runs in this process" in result.stderr and result.stderr.count("\n") == 1
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
 def test_first_trial_is_the_default_config_when_the_space_holds_it():
     from study.tune.run import default_point
     from study.tune.space import default_space, parse_space
@@ -204,7 +217,7 @@ def test_dashboard_answers_http_while_the_study_runs_and_ctrl_c_exits_130(tmp_pa
         study_cmd(
             # far longer than the test: it is stopped by Ctrl-C once the dashboard has answered
             *("tune", "--dataset", "digits", "--trials", "2", "--epochs", "10000", "--scheduler", "none"),
-            *("--dashboard-port", port, "--out", tmp_path, "--name", "d"),
+            *("--dashboard", "--dashboard-port", port, "--out", tmp_path, "--name", "d"),
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -229,6 +242,7 @@ def test_dashboard_answers_http_while_the_study_runs_and_ctrl_c_exits_130(tmp_pa
         stdout, stderr = proc.communicate(timeout=120)
     assert answer is not None, stdout + stderr
     assert "ray_version" in answer
+    assert f"Ray dashboard: http://127.0.0.1:{port}" in stdout
     assert proc.returncode == 130, stdout + stderr
     assert "continue with: study tune" in stderr and "--resume" in stderr
 
@@ -338,7 +352,7 @@ def _saved_trial_statuses(folder: Path) -> dict[str, str]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_study_resumes_without_losing_or_repeating_trials(tmp_path, sig):
     args = (
-        *("tune", "--dataset", "digits", "--trials", "6", "--epochs", "8", "--scheduler", "none"),
+        *("tune", "--dataset", "digits", "--trials", "4", "--epochs", "8", "--scheduler", "none"),
         *("--optimizer", "adam", "--lr", "0.001", "--max-concurrent", "1"),
         *("--out", tmp_path, "--name", "r"),
     )
@@ -361,7 +375,7 @@ def test_interrupted_study_resumes_without_losing_or_repeating_trials(tmp_path, 
     while time.time() < deadline and proc.poll() is None:
         saved = _saved_trial_statuses(folder)
         ended = [trial_id for trial_id, status in saved.items() if status == "TERMINATED"]
-        rows = _last_results(folder) if 2 <= len(ended) < 6 else {}
+        rows = _last_results(folder) if 2 <= len(ended) < 4 else {}
         if rows and all(trial_id in rows for trial_id in ended):
             finished_before = {trial_id: rows[trial_id] for trial_id in ended}
             break
@@ -373,10 +387,12 @@ def test_interrupted_study_resumes_without_losing_or_repeating_trials(tmp_path, 
         proc.send_signal(sig)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), output
+    if sig == signal.SIGINT:  # (a SIGKILL may lose what the pipe's buffer held)
+        assert "Ray dashboard: off (--no-dashboard)" in output  # STUDY_DASHBOARD=0 (conftest.py)
     resumed = subprocess.run(study_cmd(*args, "--resume"), capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     trials = pd.read_parquet(folder / "trials.parquet")
-    assert len(trials) == 6 and trials["trial_id"].is_unique
+    assert len(trials) == 4 and trials["trial_id"].is_unique
     assert set(trials["status"]) == {"completed"}
     by_id = trials.set_index("trial_id")
     for trial_id, row in finished_before.items():

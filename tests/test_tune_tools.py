@@ -52,7 +52,7 @@ EPOCH_LINE = re.compile(r"^trial \d+ \((\w+)\) epoch (\d+)/(\d+): val acc (\S+)"
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(shared_ray, tmp_path_factory):
     out = tmp_path_factory.mktemp("tools")
     result = runner.invoke(app, [*STUDY, "--out", str(out), "--name", "tools"])
     assert result.exit_code == 0, result.output
@@ -142,6 +142,7 @@ def test_resume_rebuilds_the_optuna_storage_without_duplicates(study, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_ray")  # one local Ray for the module (conftest.py)
 def test_a_spent_time_budget_ends_the_study_normally(tmp_path):
     args = [
         *("tune", "--dataset", "digits", "--trials", "3", "--epochs", "200", "--scheduler", "none"),

@@ -12,14 +12,21 @@ ENSEMBLE_PRECISIONS = ("fp32", "bf16")
 
 
 def ensemble_command(
-    *, precision: str, out: Path, name: str, epochs: int, dataset: str, data_dir: Path | None
+    *,
+    precision: str,
+    out: Path,
+    name: str,
+    epochs: int,
+    dataset: str,
+    data_dir: Path | None,
+    train_fraction: float = 1.0,
 ) -> list[str]:
     """`study ensemble --members 5 --epochs E --resnet resnet18 --resnet-precision P --resample
-    none --dataset D --data-dir DIR`, into OUT/NAME."""
+    none --dataset D --train-fraction F --data-dir DIR`, into OUT/NAME."""
     command = [
         *study_command(),
         *f"ensemble --members 5 --epochs {epochs} --resnet resnet18 --resnet-precision {precision}".split(),
-        *f"--resample none --dataset {dataset} --gpus 0".split(),
+        *f"--resample none --dataset {dataset} --train-fraction {train_fraction:g} --gpus 0".split(),
         *["--out", str(out), "--name", name],
     ]
     return command + (["--data-dir", str(data_dir)] if data_dir is not None else [])
@@ -46,9 +53,15 @@ def ensemble_run(command: list[str], folder: Path) -> dict[str, Any]:
 
 
 def ensemble_ab(
-    *, settings: BenchSettings, work: Path, dataset: str = "mnist", data_dir: Path | None
+    *,
+    settings: BenchSettings,
+    work: Path,
+    dataset: str = "mnist",
+    data_dir: Path | None,
+    train_fraction: float = 1.0,
 ) -> dict[str, Any]:
-    """The whole ensemble with its ResNet in fp32, then in bf16; one run each."""
+    """The whole ensemble with its ResNet in fp32, then in bf16; one run each. ``train_fraction``
+    < 1 trains every model on a part of the training split (a test of the plumbing, not a figure)."""
     runs = {}
     for precision in ENSEMBLE_PRECISIONS:
         name = f"ensemble-{precision}"
@@ -59,6 +72,7 @@ def ensemble_ab(
             epochs=settings.epochs,
             dataset=dataset,
             data_dir=data_dir,
+            train_fraction=train_fraction,
         )
         runs[precision] = {
             "command": "study " + " ".join(command[len(study_command()) :]),

@@ -72,7 +72,7 @@ class BenchSettings:
 
     @property
     def precision_rounds(self) -> int:
-        return self._rounds(3, 5)
+        return self._rounds(2, 5)
 
     @property
     def resnet_images(self) -> int:  # per precision round: a few hundred (ResNet-18 is slow)

@@ -43,7 +43,8 @@ def study_commands(
     shared = f"--trials {settings.study_trials} --epochs {settings.study_epochs} --batch-size {TRAIN_BATCH}"
     ours = [
         *study_command(),
-        *"tune --dataset fashion-mnist --optimizer adam --scheduler none --gpus 0".split(),
+        # --dashboard: the peer starts Ray's dashboard too, whatever STUDY_DASHBOARD says
+        *"tune --dataset fashion-mnist --optimizer adam --scheduler none --gpus 0 --dashboard".split(),
         *shared.split(),
         *["--train-fraction", f"{settings.study_train_fraction:g}", "--space", str(space)],
         *["--data-dir", str(data_dir), "--out", str(out / "ours"), "--name", name],

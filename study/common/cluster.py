@@ -114,6 +114,7 @@ class ClusterOptions:
     cpus_per_trial: int = 1
     max_concurrent: int | None = None
     address: str | None = None
+    dashboard: bool = True  # False: a local Ray without its dashboard (saves ~1.5 s and a process)
     dashboard_port: int | None = None
     dashboard_host: str = LOOPBACK
     bind: str = LOOPBACK
@@ -125,6 +126,10 @@ class ClusterOptions:
             raise ConfigError(f"--cpus-per-trial must be >= 1, got {self.cpus_per_trial}")
         if self.gpus is not None and (not math.isfinite(self.gpus) or self.gpus < 0):
             raise ConfigError(f"--gpus must be auto or a number >= 0, got {self.gpus}")
+        if self.dashboard_port is not None and not self.dashboard:
+            raise ConfigError(
+                "--dashboard-port needs the dashboard: drop --no-dashboard (or STUDY_DASHBOARD=0)"
+            )
 
 
 def is_loopback(host: str) -> bool:
@@ -350,6 +355,20 @@ class RaySession:
     total_gpus: float
     token_auth: bool  # Ray's token authentication guards the dashboard
     plan: ResourcePlan  # what each trial asks for on this cluster, and how many fit at once
+    dashboard_off: bool = False  # --no-dashboard on a local Ray
+    reused: bool = False  # the Ray session this process already ran (left running afterwards)
+
+    @property
+    def dashboard_text(self) -> str:
+        """The line naming the dashboard's URL (with the token hint when Ray asks for one), or
+        why there is none."""
+        if self.dashboard_url:
+            return f"Ray dashboard: {self.dashboard_url}" + (
+                " (token: `ray get-auth-token`)" if self.token_auth else ""
+            )
+        if self.reused:
+            return "Ray dashboard: none in the Ray session this process already runs"
+        return "Ray dashboard: " + ("off (--no-dashboard)" if self.dashboard_off else "not available")
 
 
 @contextmanager
@@ -410,10 +429,11 @@ def _start_local(cluster: ClusterOptions, stack: ExitStack) -> Any:
             f"or join a cluster that has them with --address"
         )
     bind = check_bind(cluster.bind)
-    for warning in (bind_warning(bind), dashboard_warning(cluster.dashboard_host)):
+    dashboard_host = cluster.dashboard_host if cluster.dashboard else None
+    for warning in (bind_warning(bind), dashboard_warning(dashboard_host) if dashboard_host else None):
         if warning:
             print(warning, file=sys.stderr)
-    port = choose_dashboard_port(cluster.dashboard_host, cluster.dashboard_port)
+    port = choose_dashboard_port(dashboard_host, cluster.dashboard_port) if dashboard_host else None
     if bind == LOOPBACK:
         stack.enter_context(_this_machine_is_loopback())
     stack.callback(ray.shutdown)  # also after a half-started node
@@ -423,7 +443,7 @@ def _start_local(cluster: ClusterOptions, stack: ExitStack) -> Any:
         address="local",
         num_cpus=os.cpu_count(),
         num_gpus=gpus,
-        include_dashboard=True,
+        include_dashboard=cluster.dashboard,
         dashboard_host=cluster.dashboard_host,
         dashboard_port=port,
         log_to_driver=False,
@@ -437,21 +457,35 @@ def _start_local(cluster: ClusterOptions, stack: ExitStack) -> Any:
 @contextmanager
 def ray_session(cluster: ClusterOptions) -> Iterator[RaySession]:
     """Join ``cluster.address``, or start Ray in-process listening on ``cluster.bind`` (127.0.0.1
-    by default); the session carries the resource plan for the cluster it found."""
+    by default); the session carries the resource plan for the cluster it found.
+
+    Where this process already runs Ray (a notebook's ``ray.init()``, or an enclosing
+    ``ray_session``), that session is used as it is and left running, as Ray Tune does.
+    """
+    import ray
+
     # Tune's console output would fight our progress bar; the dashboard and files have it all.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    joining = cluster.address not in (None, "local")
+    if ray.is_initialized():
+        if joining:
+            raise StudyError(
+                f"Ray already runs in this process; --address {cluster.address} cannot join "
+                "another cluster (call ray.shutdown() first)"
+            )
+        yield _describe(_running_dashboard_url(), cluster, running=True)
+        return
     # Ray shuts down before the loopback switch is undone: the stack unwinds last-in first.
     with ExitStack() as stack:
-        joining = cluster.address not in (None, "local")
         context = _join(str(cluster.address), stack) if joining else _start_local(cluster, stack)
-        yield _describe(context, cluster)
+        yield _describe(context.dashboard_url, cluster, running=False)
 
 
-def _describe(context: Any, cluster: ClusterOptions) -> RaySession:
+def _describe(url: str | None, cluster: ClusterOptions, *, running: bool) -> RaySession:
+    """The session's resources and plan; ``running``: a session this process already had."""
     import ray
 
     resources = ray.cluster_resources()
-    url = context.dashboard_url
     total_cpus = float(resources.get("CPU", 0))
     total_gpus = float(resources.get("GPU", 0))
     if cluster.gpus is not None:  # a number caps what a joined cluster offers (--gpus 0: CPU only)
@@ -461,6 +495,8 @@ def _describe(context: Any, cluster: ClusterOptions) -> RaySession:
         total_cpus=total_cpus,
         total_gpus=total_gpus,
         token_auth=_token_auth_enabled(),
+        dashboard_off=not cluster.dashboard and cluster.address in (None, "local") and not running,
+        reused=running,
         plan=plan_resources(
             total_cpus=total_cpus,
             total_gpus=total_gpus,
@@ -469,6 +505,16 @@ def _describe(context: Any, cluster: ClusterOptions) -> RaySession:
             max_concurrent=cluster.max_concurrent,
         ),
     )
+
+
+def _running_dashboard_url() -> str | None:
+    """The dashboard of the Ray this process already runs, if it has one (Ray keeps it private)."""
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        return get_dashboard_url() or None
+    except Exception:  # another Ray version: the line then says "not available"
+        return None
 
 
 def _token_auth_enabled() -> bool:

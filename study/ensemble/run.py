@@ -126,7 +126,7 @@ def train_all(
     with ray_session(cluster) as session:
         plan = session.plan
         say(
-            f"Ray dashboard: {session.dashboard_url or 'not available'}; {len(todo)} models to "
+            f"{session.dashboard_text}; {len(todo)} models to "
             f"train, {len(outputs)} reused from {folder / MEMBERS_FOLDER}, {plan.concurrent} at a time"
         )
 

@@ -54,7 +54,7 @@ def run_sweep(
     with ray_session(cluster) as session:
         plan = session.plan
         say(
-            f"Ray dashboard: {session.dashboard_url or 'not available'}; {len(configs)} runs "
+            f"{session.dashboard_text}; {len(configs)} runs "
             f"({len(saved)} read back from {folder / RUNS_FOLDER}), {plan.concurrent} at a time -> {folder}"
         )
 

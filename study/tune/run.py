@@ -396,10 +396,7 @@ def _fit(
         if identity is not None:  # a new study: written once Ray is up, so a failed start leaves nothing
             write_json(folder / STUDY_FILE, identity)
         plan = session.plan
-        say(
-            f"Ray dashboard: {session.dashboard_url or 'not available'}"
-            + (" (token: `ray get-auth-token`)" if session.token_auth else "")
-        )
+        say(session.dashboard_text)
         budget = f", time budget {duration_text(settings.time_budget_s)}" if settings.time_budget_s else ""
         say(
             f"{'resuming' if resuming else 'starting'} study {folder.parent.name}: {settings.trials} "
