@@ -108,4 +108,4 @@ class BenchSettings:
 
     @property
     def overhead_trials(self) -> int:  # the in-process Tune overhead probe of --study
-        return 4 if self.quick else 8
+        return 2 if self.quick else 8
