@@ -100,20 +100,24 @@ def test_a_taken_default_dashboard_port_moves_the_dashboard_to_the_next_free_one
     assert choose_dashboard_port(LOOPBACK, None) is None
     # the race: any check made before Ray binds says "free", then another study takes the port
     monkeypatch.setattr("study.common.cluster.port_is_free", lambda host, port: True)
+    # Hold 8265 ourselves (the other study's dashboard): a Ray that another process runs here may
+    # hold it now and let it go at any moment, so wait until the port is ours
     holder = socket.socket()
-    try:
-        holder.bind((LOOPBACK, 8265))  # the other study's dashboard (or this machine's own Ray)
-        holder.listen()
-    except OSError:
-        holder.close()
-        holder = None  # 8265 is already taken here: the case under test all the same
+    deadline = time.monotonic() + RUN_LIMIT_S
+    while True:
+        try:
+            holder.bind((LOOPBACK, 8265))
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "port 8265 stayed taken by another process"
+            time.sleep(0.5)
+    holder.listen()
     try:
         with ray_session(ClusterOptions()) as session:
             assert ray.get(ray.remote(lambda: 1).remote()) == 1
             port = int(session.dashboard_url.rsplit(":", 1)[1])
     finally:
-        if holder is not None:
-            holder.close()
+        holder.close()
     assert port != 8265
 
 

@@ -96,7 +96,15 @@ def test_ray_logical_gpus_reach_the_placement(tmp_path):
     """A real Ray task asking for half a logical GPU is placed on cuda with its one CPU."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # address="local": a new Ray of our own, never another cluster running on this machine
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     try:
 
         @ray.remote(num_cpus=1, num_gpus=0.5)

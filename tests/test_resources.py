@@ -58,7 +58,8 @@ def test_ray_places_fractional_gpu_trials_on_logical_gpus():
 
     import ray
 
-    ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new Ray of our own, never another cluster running on this machine
+    ray.init(address="local", num_cpus=8, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
         plan = plan_resources(
             total_cpus=8, total_gpus=2, cpus_per_trial=1, gpus_per_trial=0.5, max_concurrent=None

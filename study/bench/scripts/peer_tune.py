@@ -147,7 +147,13 @@ def main() -> None:
     parser.add_argument("--dashboard-port", type=int, default=8265)
     args = parser.parse_args()
 
-    ray.init(_node_ip_address="127.0.0.1", dashboard_host="127.0.0.1", dashboard_port=args.dashboard_port)
+    # address="local": its own Ray, as on a fresh machine, never another cluster running here
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        dashboard_host="127.0.0.1",
+        dashboard_port=args.dashboard_port,
+    )
     ray_up = time.perf_counter()
     search_space = {
         "lr": tune.loguniform(1e-4, 1e-2),
