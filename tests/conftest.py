@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from lenet_core.data import ImageData, load_dataset
+from study.bench.settings import FASHION_SYSTEM_COPY
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-5k"
 
@@ -77,7 +78,7 @@ def write_idx_set(
     return arrays
 
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION = FASHION_SYSTEM_COPY  # Debian's dataset-fashion-mnist, where the bench looks for it
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 FASHION_SUBSET = {"train": 6_000, "test": 1_000}  # images: real Fashion-MNIST, a tenth of it
 

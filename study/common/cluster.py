@@ -355,8 +355,7 @@ class RaySession:
     total_gpus: float
     token_auth: bool  # Ray's token authentication guards the dashboard
     plan: ResourcePlan  # what each trial asks for on this cluster, and how many fit at once
-    dashboard_off: bool = False  # --no-dashboard on a local Ray
-    reused: bool = False  # the Ray session this process already ran (left running afterwards)
+    no_dashboard: str = "not available"  # why there is no dashboard URL, when there is none
 
     @property
     def dashboard_text(self) -> str:
@@ -366,9 +365,7 @@ class RaySession:
             return f"Ray dashboard: {self.dashboard_url}" + (
                 " (token: `ray get-auth-token`)" if self.token_auth else ""
             )
-        if self.reused:
-            return "Ray dashboard: none in the Ray session this process already runs"
-        return "Ray dashboard: " + ("off (--no-dashboard)" if self.dashboard_off else "not available")
+        return f"Ray dashboard: {self.no_dashboard}"
 
 
 @contextmanager
@@ -429,11 +426,12 @@ def _start_local(cluster: ClusterOptions, stack: ExitStack) -> Any:
             f"or join a cluster that has them with --address"
         )
     bind = check_bind(cluster.bind)
-    dashboard_host = cluster.dashboard_host if cluster.dashboard else None
-    for warning in (bind_warning(bind), dashboard_warning(dashboard_host) if dashboard_host else None):
-        if warning:
-            print(warning, file=sys.stderr)
-    port = choose_dashboard_port(dashboard_host, cluster.dashboard_port) if dashboard_host else None
+    warnings, port = [bind_warning(bind)], None
+    if cluster.dashboard:
+        warnings.append(dashboard_warning(cluster.dashboard_host))
+        port = choose_dashboard_port(cluster.dashboard_host, cluster.dashboard_port)
+    for warning in filter(None, warnings):
+        print(warning, file=sys.stderr)
     if bind == LOOPBACK:
         stack.enter_context(_this_machine_is_loopback())
     stack.callback(ray.shutdown)  # also after a half-started node
@@ -473,16 +471,18 @@ def ray_session(cluster: ClusterOptions) -> Iterator[RaySession]:
                 f"Ray already runs in this process; --address {cluster.address} cannot join "
                 "another cluster (call ray.shutdown() first)"
             )
-        yield _describe(_running_dashboard_url(), cluster, running=True)
+        no_dashboard = "none in the Ray session this process already runs"
+        yield _describe(_running_dashboard_url(), cluster, no_dashboard=no_dashboard)
         return
     # Ray shuts down before the loopback switch is undone: the stack unwinds last-in first.
     with ExitStack() as stack:
         context = _join(str(cluster.address), stack) if joining else _start_local(cluster, stack)
-        yield _describe(context.dashboard_url, cluster, running=False)
+        no_dashboard = "off (--no-dashboard)" if not (joining or cluster.dashboard) else "not available"
+        yield _describe(context.dashboard_url, cluster, no_dashboard=no_dashboard)
 
 
-def _describe(url: str | None, cluster: ClusterOptions, *, running: bool) -> RaySession:
-    """The session's resources and plan; ``running``: a session this process already had."""
+def _describe(url: str | None, cluster: ClusterOptions, *, no_dashboard: str) -> RaySession:
+    """The session's resources and plan; ``no_dashboard`` says why, where ``url`` is None."""
     import ray
 
     resources = ray.cluster_resources()
@@ -495,8 +495,7 @@ def _describe(url: str | None, cluster: ClusterOptions, *, running: bool) -> Ray
         total_cpus=total_cpus,
         total_gpus=total_gpus,
         token_auth=_token_auth_enabled(),
-        dashboard_off=not cluster.dashboard and cluster.address in (None, "local") and not running,
-        reused=running,
+        no_dashboard=no_dashboard,
         plan=plan_resources(
             total_cpus=total_cpus,
             total_gpus=total_gpus,
