@@ -30,6 +30,123 @@ class ScaledTanh(nn.Module):
         return self.AMPLITUDE * torch.tanh(self.SLOPE * x)
 
 
+# ---------------------------------------------------------------- 2x2 pooling, fast on CPU
+# PyTorch's CPU max_pool2d and avg_pool2d kernels walk each 2x2 window in scalar code: on a
+# LeNet-5 step at batch 64 (1 thread, AVX-512) the two max pools took 2.1 ms of a 7 ms step. The
+# same windows as four strided views, combined elementwise, are vectorized: 10x faster forward,
+# about 1.5x forward + backward. The results are bitwise those of the kernels (tests/test_models.py
+# checks outputs and gradients, ties included); odd sizes and GPUs keep the library kernels.
+
+
+def _window_corners(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, C, H, W) -> the four (B, C, H/2, W/2) strided views of each 2x2 window's elements, in
+    the kernels' scan order: (0, 0), (0, 1), (1, 0), (1, 1)."""
+    return x[:, :, 0::2, 0::2], x[:, :, 0::2, 1::2], x[:, :, 1::2, 0::2], x[:, :, 1::2, 1::2]
+
+
+def _use_corners(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dim() == 4 and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    """2x2 max pooling, stride 2, whose backward pass is the library's (already fast) given the
+    indices max_pool2d's kernel would have chosen: each window's first maximum in scan order (a
+    tie sends the gradient to one element, not shared), its last NaN if it holds any."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        a, b, c, d = _window_corners(x)
+        top, bottom = torch.maximum(a, b), torch.maximum(c, d)  # NaN-propagating, as the kernel
+        pooled = torch.maximum(top, bottom)  # (B, C, H/2, W/2)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x, _first_max_indices(a, b, c, d, top, bottom, pooled, width=x.shape[-1]))
+        return pooled
+
+    @staticmethod
+    def backward(ctx: Any, grad_pooled: torch.Tensor) -> torch.Tensor:
+        x, indices = ctx.saved_tensors
+        two, zero, one = [2, 2], [0, 0], [1, 1]  # kernel, stride; padding; dilation
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_pooled, x, two, two, zero, one, False, indices
+        )
+
+
+def _first_max_indices(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d: torch.Tensor,
+    top: torch.Tensor,
+    bottom: torch.Tensor,
+    pooled: torch.Tensor,
+    *,
+    width: int,
+) -> torch.Tensor:
+    """(B, C, H/2, W/2) int64 flat indices into each (H, W) map, as max_pool2d's kernel picks
+    them: it scans a, b, c, d and moves on only to a strictly larger value or to a NaN."""
+    right_top, right_bottom, below = b > a, d > c, bottom > top
+    if pooled.isnan().any():  # only a diverging model pays for the NaN rule
+        right_top |= b.isnan()
+        right_bottom |= d.isnan()
+        below |= bottom.isnan()
+    h, w = pooled.shape[-2:]
+    corner = torch.arange(0, 2 * h, 2).view(-1, 1) * width + torch.arange(0, 2 * w, 2)  # (H/2, W/2)
+    return torch.where(below, right_bottom + width, right_top) + corner
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """F.max_pool2d(x, 2), bitwise, faster on CPU. (B, C, H, W) -> (B, C, H/2, W/2)."""
+    return _MaxPool2x2.apply(x) if _use_corners(x) else F.max_pool2d(x, 2)
+
+
+class _AvgPool2x2(torch.autograd.Function):
+    """2x2 average pooling, stride 2, or each window's sum (``divisor`` 1). The forward pass sums
+    the corners in the kernel's order; the backward pass is the library's (already fast)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, divisor: int) -> torch.Tensor:
+        a, b, c, d = _window_corners(x)
+        window_sum = ((a + b) + c) + d  # (B, C, H/2, W/2), summed as the kernel sums
+        ctx.save_for_backward(x)
+        ctx.divisor = divisor
+        # dividing by 4 is exact in binary, as is the kernel's own division
+        return window_sum if divisor == 1 else window_sum / divisor
+
+    @staticmethod
+    def backward(ctx: Any, grad_pooled: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (x,) = ctx.saved_tensors
+        override = 1 if ctx.divisor == 1 else None
+        grad = torch.ops.aten.avg_pool2d_backward(
+            grad_pooled, x, [2, 2], [2, 2], [0, 0], False, True, override
+        )
+        return grad, None
+
+
+def sum_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """Each 2x2 window's sum, stride 2: F.avg_pool2d(x, 2, divisor_override=1), bitwise, faster on
+    CPU. (B, C, H, W) -> (B, C, H/2, W/2)."""
+    return _AvgPool2x2.apply(x, 1) if _use_corners(x) else F.avg_pool2d(x, 2, divisor_override=1)
+
+
+def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """F.avg_pool2d(x, 2), bitwise, faster on CPU. (B, C, H, W) -> (B, C, H/2, W/2)."""
+    return _AvgPool2x2.apply(x, 4) if _use_corners(x) else F.avg_pool2d(x, 2)
+
+
+class MaxPool2x2(nn.Module):
+    """nn.MaxPool2d(2) computed by :func:`max_pool_2x2`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool_2x2(x)
+
+
+class AvgPool2x2(nn.Module):
+    """nn.AvgPool2d(2) computed by :func:`avg_pool_2x2`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return avg_pool_2x2(x)
+
+
 class Subsample(nn.Module):
     """LeNet-5's S2/S4 layers: per map, the 2x2 window's sum (stride 2) times one trainable
     coefficient plus one trainable bias, i.e. 2 parameters per map.
@@ -44,7 +161,7 @@ class Subsample(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        window_sum = F.avg_pool2d(x, 2, divisor_override=1)  # (B, C, H, W) -> (B, C, H/2, W/2)
+        window_sum = sum_pool_2x2(x)  # (B, C, H, W) -> (B, C, H/2, W/2)
         return window_sum * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
@@ -115,11 +232,11 @@ class PoolingBuilder(Protocol):
 
 
 def _max_pool(*, channels: int) -> nn.Module:
-    return nn.MaxPool2d(2)
+    return MaxPool2x2()
 
 
 def _avg_pool(*, channels: int) -> nn.Module:
-    return nn.AvgPool2d(2)
+    return AvgPool2x2()
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {

@@ -11,12 +11,17 @@ from lenet_core.models import (
     C3_TABLE,
     MODELS,
     POOLINGS,
+    AvgPool2x2,
     LeNet5,
+    MaxPool2x2,
     PartialConv2d,
     ScaledTanh,
     Subsample,
+    avg_pool_2x2,
     build_model,
     count_parameters,
+    max_pool_2x2,
+    sum_pool_2x2,
 )
 
 # Table I of LeCun et al. 1998, written as the paper prints it: rows are S2 maps, columns C3 maps.
@@ -129,7 +134,7 @@ def test_classic_and_modern_compute_different_functions():
 def test_classic_with_relu_and_max_keeps_the_classic_skeleton():
     model = build_model("lenet5", variant="classic", activation="relu", pooling="max")
     assert isinstance(model.conv2, PartialConv2d) and model.conv3 is not None and model.input_pad == 2
-    assert isinstance(model.pool1, torch.nn.MaxPool2d) and type(model.act1) is torch.nn.ReLU
+    assert isinstance(model.pool1, MaxPool2x2) and type(model.act1) is torch.nn.ReLU
     out = model(torch.randn(2, 1, 28, 28))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
@@ -163,6 +168,56 @@ def test_subsample_is_a_per_map_scaled_and_shifted_2x2_sum():
     sums = torch.tensor([[[10.0, 18.0], [42.0, 50.0]], [[74.0, 82.0], [106.0, 114.0]]])
     expected = torch.stack([sums[0] * 2.0 + 0.5, sums[1] * -1.0 + 3.0]).unsqueeze(0)
     torch.testing.assert_close(layer(x), expected)
+
+
+# The fast 2x2 poolings against the library kernels they replace: bitwise, forward and backward.
+LIBRARY_POOLS = {
+    "max": (max_pool_2x2, lambda x: F.max_pool2d(x, 2)),
+    "avg": (avg_pool_2x2, lambda x: F.avg_pool2d(x, 2)),
+    "sum": (sum_pool_2x2, lambda x: F.avg_pool2d(x, 2, divisor_override=1)),
+}
+POOL_INPUTS = {
+    "random": lambda: torch.randn(4, 6, 28, 28),
+    "relu ties at zero": lambda: torch.relu(torch.randn(4, 6, 28, 28)),
+    "many ties": lambda: torch.randint(0, 3, (4, 16, 10, 10)).float(),
+    "channels-last": lambda: torch.randn(4, 6, 14, 14).contiguous(memory_format=torch.channels_last),
+    "odd size (library path)": lambda: torch.randn(2, 3, 7, 9),
+}
+
+
+@pytest.mark.parametrize("inputs", sorted(POOL_INPUTS))
+@pytest.mark.parametrize("kind", sorted(LIBRARY_POOLS))
+def test_fast_pooling_is_bitwise_the_library_kernel(kind, inputs):
+    fast, library = LIBRARY_POOLS[kind]
+    torch.manual_seed(0)
+    x = POOL_INPUTS[inputs]().requires_grad_()
+    expected = library(x)
+    grad_out = torch.randn_like(expected)
+    out = fast(x)
+    assert torch.equal(out, expected)
+    # ties: max_pool2d sends a window's gradient to its first maximum only, and so must we
+    assert torch.equal(
+        torch.autograd.grad(out, x, grad_out)[0], torch.autograd.grad(expected, x, grad_out)[0]
+    )
+
+
+def test_fast_pooling_trains_lenet_exactly_as_the_library_modules():
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for pooling, library in (("max", torch.nn.MaxPool2d(2)), ("avg", torch.nn.AvgPool2d(2))):
+        weights = []
+        for swap in (False, True):
+            torch.manual_seed(0)
+            model = LeNet5(pooling=pooling)
+            assert isinstance(model.pool1, MaxPool2x2 if pooling == "max" else AvgPool2x2)
+            if swap:
+                model.pool1 = model.pool2 = library
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            for _ in range(3):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+            weights.append(model.conv1.weight.detach().clone())
+        assert torch.equal(weights[0], weights[1])
 
 
 def test_untrained_subsample_is_average_pooling():
