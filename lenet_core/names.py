@@ -40,3 +40,7 @@ LENET_VARIANTS = {
 }
 OPTIMIZERS = ("sgd", "adadelta", "adagrad", "rmsprop", "adam", "adamax", "adamw")
 DEVICES = ("cpu", "cuda", "auto")
+# Statuses of a trial that ran to its end but learned nothing usable (lenet_core.train sets them:
+# the loss blew up, or validation accuracy stayed near guessing the majority class). Never
+# averaged in with the others, and named wherever results are summarized.
+FAILED_STATUSES = ("diverged", "collapsed")

@@ -44,7 +44,7 @@ def granted_a_gpu(monkeypatch):
         return FakeResult(config)
 
     monkeypatch.setattr("study.common.placement.current_placement", lambda: GPU)
-    for module in ("study.sweep.run", "study.tune.run", "study.ensemble.run"):
+    for module in ("study.sweep.run", "study.tune.trial", "study.ensemble.run"):
         monkeypatch.setattr(f"{module}.train_trial", fake_train, raising=False)
     return seen
 
@@ -62,7 +62,7 @@ def test_tune_trials_are_placed_in_the_worker_and_report_the_config_they_ran(
 ):
     from ray import tune
 
-    from study.tune.run import tune_trainable
+    from study.tune.trial import tune_trainable
 
     monkeypatch.setattr(tune, "report", lambda metrics: None)
     tune_trainable({"lr": 0.01}, data=digits, base=TrialConfig(dataset="digits", epochs=1))

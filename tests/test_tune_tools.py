@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from lenet_core.config import TrialConfig
 from study.cli import app
 
 runner = CliRunner()
@@ -175,6 +176,42 @@ def test_a_spent_time_budget_ends_the_study_normally(tmp_path):
     resumed = runner.invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 2 and "nothing to resume" in resumed.stderr
     assert resumed.stderr.count("\n") == 1
+
+
+@pytest.mark.usefixtures("shared_ray")
+def test_files_written_beside_ray_shutdown_are_complete_and_their_errors_surface(
+    tmp_path, monkeypatch, digits
+):
+    """The study's files are written in a thread while Ray shuts down; run_study returns only
+    once they are all there, and a failure to write one is raised, not lost in the thread."""
+    from study.common.cluster import ClusterOptions
+    from study.tune import figures
+    from study.tune.run import TuneSettings, run_study
+    from study.tune.space import parse_space
+
+    space = parse_space({"space": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}}, source="test")
+    kwargs = dict(
+        base=TrialConfig(dataset="digits", epochs=1),
+        space=space,
+        settings=TuneSettings(trials=1, scheduler="none"),
+        cluster=ClusterOptions(dashboard=False),
+        data=digits,
+        out=tmp_path,
+        say=lambda *_: None,
+    )
+    _, _, folder = run_study(name="ok", **kwargs)
+    for name in ("trials.parquet", "epochs.parquet", "summary.md", "optuna.db", "run.json"):
+        assert (folder / name).is_file(), name
+    assert list(folder.glob("*.png"))
+
+    def disk_full(*_, **__):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(figures, "write_tune_figures", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_study(name="full", **kwargs)
+    assert (tmp_path / "full" / "tune" / "trials.parquet").is_file()  # written before the figures
+    assert not (tmp_path / "full" / "tune" / "run.json").exists()  # the run never claimed to end
 
 
 @pytest.mark.parametrize("text", ["abc", "0", "0s", "-5m", "1d", "30 m", ""])

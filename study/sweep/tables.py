@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lenet_core.names import FAILED_STATUSES
 from study.common.stats import compare_conditions
 
-FAILED_STATUSES = ("diverged", "collapsed")
 # Means of ok runs only (failed runs are counted in "failed", never averaged in).
 EXTRA_MEANS = {
     "val_acc": "val_acc_mean",

@@ -20,7 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from study.common.console import clock
-from study.tune.tables import FINAL_STATUSES, METRIC, trial_status
+from study.tune.tables import FINAL_STATUSES, trial_status
+from study.tune.trial import METRIC
 
 ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of a trial that will not run again
 

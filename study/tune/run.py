@@ -7,26 +7,25 @@ Ray's object store (``tune.with_parameters``), where its uint8 arrays are read z
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from lenet_core.config import TrialConfig
 from lenet_core.data import ImageData
 from lenet_core.errors import ConfigError, StudyError
-from lenet_core.train import train_trial
 from study.common.cluster import ClusterOptions, ResourcePlan
 from study.common.console import StudyInterrupted
 from study.common.files import read_json, write_json
 from study.tune.space import SearchSpace, sampled_config
-from study.tune.tables import CONFIG_KEY, FAILED_STATUSES, METRIC, MODE
+from study.tune.trial import METRIC, MODE, tune_trainable
 
 SCHEDULERS = ("asha", "none")
 RAY_FOLDER = "ray"  # Tune's experiment (TensorBoard logs, trial state) under the tune folder
@@ -124,56 +123,6 @@ class StudyEnd:
             "budget_spent": self.budget_spent,
             "stop_reason": self.reason,
         }
-
-
-def worker_memory(data: ImageData) -> dict[str, Any]:
-    """This worker's memory, and how much private memory reading the whole dataset costs.
-
-    Pages of Ray's object store are shared, so reading zero-copy arrays leaves the unique set
-    size (USS) unchanged; a per-trial copy would add the dataset's size to it.
-    """
-    import psutil
-
-    process = psutil.Process()
-    before = process.memory_full_info().uss
-    touched = int(data.train_images.sum(dtype=np.uint64)) + int(data.test_images.sum(dtype=np.uint64))
-    after = process.memory_full_info()
-    return {
-        "worker_rss_mb": after.rss / 2**20,
-        "worker_uss_mb": after.uss / 2**20,
-        "data_private_mb": max(after.uss - before, 0) / 2**20,
-        "data_zero_copy": not data.train_images.flags.owndata and not data.train_images.flags.writeable,
-        "data_touched": touched > 0,
-    }
-
-
-def tune_trainable(
-    params: dict[str, Any], *, data: ImageData, base: TrialConfig, probe_memory: bool = False
-) -> None:
-    """One Ray Tune trial: place its config, train, report every epoch to Tune."""
-    from ray import tune
-
-    from study.common.placement import place
-
-    config, placement = place(sampled_config(base, params))
-    extra = {
-        **placement.as_columns(),
-        **(worker_memory(data) if probe_memory else {}),
-        CONFIG_KEY: json.dumps(config.to_dict()),  # the config exactly as this trial runs
-        "started_at": time.time(),  # wall clock, so the driver can see which trials overlapped
-    }
-
-    def report(row: dict[str, Any]) -> None:
-        tune.report({**row, **extra, METRIC: objective(row), "reported_at": time.time()})
-
-    train_trial(config, data, report=report)
-
-
-def objective(row: dict[str, Any]) -> float:
-    value = row["val_acc"]
-    if row["status"] in FAILED_STATUSES and not math.isfinite(value):
-        return 0.0
-    return value
 
 
 def study_identity(
@@ -351,7 +300,12 @@ def run_study(
     identity = study_identity(base, space, settings, data)
     with run_folder(out, name, "tune", resume=resume, overwrite=overwrite) as folder:
         resuming = check_resume(folder, identity, resume=resume)
+
+        def write(trials: pd.DataFrame, epochs: pd.DataFrame, end: StudyEnd) -> None:
+            write_study_files(folder, trials, epochs, space=space, data=data, settings=settings, end=end)
+
         trials, epoch_rows, end = _fit(
+            write=write,
             identity=None if resuming else identity,
             base=base,
             space=space,
@@ -364,7 +318,6 @@ def run_study(
             probe_memory=probe_memory,
             on_trial_done=on_trial_done,
         )
-        write_study_files(folder, trials, epoch_rows, space=space, data=data, settings=settings, end=end)
     say(f"study ended: {end.reason}")
     if end.interrupted:
         raise StudyInterrupted(f"{end.finished} of {end.asked} trials finished")
@@ -373,6 +326,7 @@ def run_study(
 
 def _fit(
     *,
+    write: Callable[[pd.DataFrame, pd.DataFrame, StudyEnd], None],
     identity: dict[str, Any] | None,
     base: TrialConfig,
     space: SearchSpace,
@@ -385,50 +339,63 @@ def _fit(
     probe_memory: bool,
     on_trial_done: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame, StudyEnd]:
-    """Start or join Ray, run the trials, and read Tune's results back as tables."""
+    """Start or join Ray, run the trials, read Tune's results back as tables, and ``write`` them.
+
+    The files are written in a thread while Ray shuts down: Ray gives each of its processes up to
+    a second to exit, time the tables and figures would otherwise add to the study's wall time.
+    Whatever happens, the files are complete before this returns or raises.
+    """
     from study.common.cluster import ray_session
     from study.common.console import console
     from study.tune.progress import TrialProgress
     from study.tune.tables import collect_results
 
     started = time.monotonic()  # the study's clock: Ray's start counts, as the user waits for it
-    with ray_session(cluster) as session:
-        if identity is not None:  # a new study: written once Ray is up, so a failed start leaves nothing
-            write_json(folder / STUDY_FILE, identity)
-        plan = session.plan
-        say(session.dashboard_text)
-        budget = f", time budget {duration_text(settings.time_budget_s)}" if settings.time_budget_s else ""
-        say(
-            f"{'resuming' if resuming else 'starting'} study {folder.parent.name}: {settings.trials} "
-            f"trials, {plan.concurrent} at a time ({plan.cpus_per_trial} CPU, {plan.gpus_per_trial:g} "
-            f"GPU each){budget} on {data.name} (sha256 {data.checksum[:12]}) -> {folder}"
-        )
-        progress = TrialProgress(
-            settings.trials, on_trial_done, epochs=base.epochs, started=started, console=console()
-        )
-        tuner = build_tuner(
-            base=base,
-            space=space,
-            settings=settings,
-            plan=plan,
-            data=data,
-            folder=folder,
-            epochs=base.epochs,  # "epochs" is never searched
-            resume=resuming,
-            callbacks=[progress],
-            probe_memory=probe_memory,
-        )
-        fit_started = time.monotonic()
-        grid = tuner.fit()
-        # Tune returns from fit() both when its budget stopped the study and after a Ctrl-C. Its
-        # budget clock starts inside fit(), so a fit shorter than the budget was not stopped by it.
-        budget_spent = settings.time_budget_s is not None and (
-            time.monotonic() - fit_started >= settings.time_budget_s
-        )
-        trials, epochs = collect_results(
-            grid, params=list(space.params), data=data, sampled=lambda p: sampled_config(base, p)
-        )
-    return study_end(trials, epochs, settings=settings, budget_spent=budget_spent)
+    # The pool waits for the writer on the way out, so the files are complete even when Ray's
+    # shutdown raised (after a Ctrl-C, say); its errors surface from .result().
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-files") as writer:
+        with ray_session(cluster) as session:
+            if identity is not None:  # a new study: written once Ray is up, so a failed start leaves nothing
+                write_json(folder / STUDY_FILE, identity)
+            plan = session.plan
+            say(session.dashboard_text)
+            budget = (
+                f", time budget {duration_text(settings.time_budget_s)}" if settings.time_budget_s else ""
+            )
+            say(
+                f"{'resuming' if resuming else 'starting'} study {folder.parent.name}: {settings.trials} "
+                f"trials, {plan.concurrent} at a time ({plan.cpus_per_trial} CPU, {plan.gpus_per_trial:g} "
+                f"GPU each){budget} on {data.name} (sha256 {data.checksum[:12]}) -> {folder}"
+            )
+            progress = TrialProgress(
+                settings.trials, on_trial_done, epochs=base.epochs, started=started, console=console()
+            )
+            tuner = build_tuner(
+                base=base,
+                space=space,
+                settings=settings,
+                plan=plan,
+                data=data,
+                folder=folder,
+                epochs=base.epochs,  # "epochs" is never searched
+                resume=resuming,
+                callbacks=[progress],
+                probe_memory=probe_memory,
+            )
+            fit_started = time.monotonic()
+            grid = tuner.fit()
+            # Tune returns from fit() both when its budget stopped the study and after a Ctrl-C. Its
+            # budget clock starts inside fit(), so a fit shorter than the budget was not stopped by it.
+            budget_spent = settings.time_budget_s is not None and (
+                time.monotonic() - fit_started >= settings.time_budget_s
+            )
+            trials, epochs = collect_results(
+                grid, params=list(space.params), data=data, sampled=lambda p: sampled_config(base, p)
+            )
+            outcome = study_end(trials, epochs, settings=settings, budget_spent=budget_spent)
+            writing = writer.submit(write, *outcome)
+    writing.result()
+    return outcome
 
 
 def study_end(

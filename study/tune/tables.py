@@ -16,12 +16,13 @@ import pandas as pd
 
 from lenet_core.config import from_dict
 from lenet_core.data import ImageData
+from lenet_core.names import FAILED_STATUSES
 from lenet_core.train import library_versions
 from study.common.files import write_json
+from study.tune.trial import CONFIG_KEY
 
 # Statuses of a finished trial; "pruned" means ASHA stopped it early, "unfinished" that the
 # study was interrupted while it ran (a resume runs it again) or cut short by --time-budget.
-FAILED_STATUSES = ("diverged", "collapsed")
 FINAL_STATUSES = ("completed", *FAILED_STATUSES)
 MEMORY_COLUMNS = ("worker_rss_mb", "worker_uss_mb", "data_private_mb", "data_zero_copy")
 EPOCH_COLUMNS = [
@@ -37,12 +38,6 @@ EPOCH_COLUMNS = [
     "images_per_s",
     "status",
 ]
-# What Optuna and ASHA optimize: validation accuracy, with a run that failed without a finite
-# accuracy (diverged to NaN) scored 0, so the searcher learns that region is bad instead of
-# dropping the trial. Test accuracy is never used for selection.
-METRIC = "objective"
-MODE = "max"
-CONFIG_KEY = "trial_config"  # the reported JSON config ("config" is Tune's own result key)
 
 
 def trial_status(last: dict[str, Any], *, errored: bool) -> str:
