@@ -214,6 +214,32 @@ def test_files_written_beside_ray_shutdown_are_complete_and_their_errors_surface
     assert not (tmp_path / "full" / "tune" / "run.json").exists()  # the run never claimed to end
 
 
+@pytest.mark.usefixtures("shared_ray")
+def test_work_started_as_a_ray_session_ends_is_waited_for_and_its_errors_kept():
+    from study.common.cluster import ClusterOptions, ray_session_then
+
+    cluster = ClusterOptions(dashboard=False)
+    finished = []
+
+    def slow_double(x):
+        time.sleep(0.3)
+        finished.append(x)
+        return 2 * x
+
+    with ray_session_then(cluster) as (session, then):
+        assert session.total_cpus > 0
+        doubled = then(slow_double, 21)
+    assert finished == [21] and doubled.result(timeout=0) == 42  # done when the block ended
+    with pytest.raises(KeyboardInterrupt), ray_session_then(cluster) as (_, then):
+        then(slow_double, 1)
+        raise KeyboardInterrupt  # a Ctrl-C in the session: the started work still completes
+    assert finished == [21, 1]
+    with ray_session_then(cluster) as (_, then):
+        failed = then(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failed.result()
+
+
 @pytest.mark.parametrize("text", ["abc", "0", "0s", "-5m", "1d", "30 m", ""])
 def test_bad_time_budget_exits_2_with_one_line(text, tmp_path):
     args = ["tune", "--dataset", "digits", f"--time-budget={text}", "--out", str(tmp_path)]

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -479,6 +480,21 @@ def ray_session(cluster: ClusterOptions) -> Iterator[RaySession]:
         context = _join(str(cluster.address), stack) if joining else _start_local(cluster, stack)
         no_dashboard = "off (--no-dashboard)" if not (joining or cluster.dashboard) else "not available"
         yield _describe(context.dashboard_url, cluster, no_dashboard=no_dashboard)
+
+
+@contextmanager
+def ray_session_then(cluster: ClusterOptions) -> Iterator[tuple[RaySession, Callable[..., Future[Any]]]]:
+    """``ray_session``, plus ``then(fn, *args)``: start the local work that follows the Ray work
+    (tables, figures) in a thread, so that it runs while the session shuts down. Ray gives each
+    of its processes up to a second to exit; that time would otherwise add to the command's.
+
+    The thread is waited for on the way out, even when the session's end raised (a Ctrl-C), so
+    no file is left half-written; ``fn``'s result, or its error, comes from the returned
+    Future's ``result()``.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="after-ray") as pool:
+        with ray_session(cluster) as session:
+            yield session, pool.submit
 
 
 def _describe(url: str | None, cluster: ClusterOptions, *, no_dashboard: str) -> RaySession:

@@ -16,9 +16,10 @@ Every model shares one train/validation split (``split_seed``). Per repeat, with
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -38,6 +39,8 @@ from study.ensemble.members import (
     save_member,
     train_member,
 )
+
+T = TypeVar("T")
 
 # ------------------------------------------------------------------ where configs come from
 
@@ -114,16 +117,19 @@ def train_all(
     data: ImageData,
     cluster: Any,
     folder: Path,
+    then: Callable[[dict[str, MemberOutput]], T],
     say: Any = print,
-) -> dict[str, MemberOutput]:
-    """Train every spec not already checkpointed in ``folder``, ``plan.concurrent`` at a time."""
-    from study.common.cluster import map_on_ray, ray_session
+) -> T:
+    """Train every spec not already checkpointed in ``folder``, ``plan.concurrent`` at a time,
+    and return ``then`` of every model's output by name; ``then`` (the analysis) starts as Ray
+    shuts down (``ray_session_then``)."""
+    from study.common.cluster import map_on_ray, ray_session_then
 
     outputs, todo = reuse_checkpoints(specs, folder, say)
     # Longest first: the ResNets start at once on their own CPUs while the LeNet members share
     # the rest, so no core waits for one long task at the end (2 cores: ResNet || 2x5 LeNets).
     todo.sort(key=lambda spec: spec.group != "baseline")
-    with ray_session(cluster) as session:
+    with ray_session_then(cluster) as (session, start):
         plan = session.plan
         say(
             f"{session.dashboard_text}; {len(todo)} models to "
@@ -145,7 +151,8 @@ def train_all(
             on_result=keep,
             already_done=len(outputs),
         )
-    return outputs
+        finished = start(then, outputs)
+    return finished.result()
 
 
 @dataclass(frozen=True)
@@ -192,8 +199,14 @@ def run_ensemble(
 
     specs = plan.specs(configs, base)  # validates the plan before anything is written
     with run_folder(out, name, "ensemble", resume=resume, overwrite=overwrite) as folder:
-        outputs = train_all(specs, data=data, cluster=cluster, folder=folder, say=say)
-        summary = analyze([outputs[s.name] for s in specs], data, folder)
+        summary = train_all(
+            specs,
+            data=data,
+            cluster=cluster,
+            folder=folder,
+            then=lambda outputs: analyze([outputs[s.name] for s in specs], data, folder),
+            say=say,
+        )
         write_provenance(folder, data=data, extra={"kind": "ensemble", "plan": vars(plan)})
     for line in summary["lines"]:
         say(line)

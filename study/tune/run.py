@@ -11,7 +11,6 @@ import math
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -341,59 +340,53 @@ def _fit(
 ) -> tuple[pd.DataFrame, pd.DataFrame, StudyEnd]:
     """Start or join Ray, run the trials, read Tune's results back as tables, and ``write`` them.
 
-    The files are written in a thread while Ray shuts down: Ray gives each of its processes up to
-    a second to exit, time the tables and figures would otherwise add to the study's wall time.
-    Whatever happens, the files are complete before this returns or raises.
+    The files are written while Ray shuts down (``ray_session_then``); whatever happens, they are
+    complete before this returns or raises.
     """
-    from study.common.cluster import ray_session
+    from study.common.cluster import ray_session_then
     from study.common.console import console
     from study.tune.progress import TrialProgress
     from study.tune.tables import collect_results
 
     started = time.monotonic()  # the study's clock: Ray's start counts, as the user waits for it
-    # The pool waits for the writer on the way out, so the files are complete even when Ray's
-    # shutdown raised (after a Ctrl-C, say); its errors surface from .result().
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="study-files") as writer:
-        with ray_session(cluster) as session:
-            if identity is not None:  # a new study: written once Ray is up, so a failed start leaves nothing
-                write_json(folder / STUDY_FILE, identity)
-            plan = session.plan
-            say(session.dashboard_text)
-            budget = (
-                f", time budget {duration_text(settings.time_budget_s)}" if settings.time_budget_s else ""
-            )
-            say(
-                f"{'resuming' if resuming else 'starting'} study {folder.parent.name}: {settings.trials} "
-                f"trials, {plan.concurrent} at a time ({plan.cpus_per_trial} CPU, {plan.gpus_per_trial:g} "
-                f"GPU each){budget} on {data.name} (sha256 {data.checksum[:12]}) -> {folder}"
-            )
-            progress = TrialProgress(
-                settings.trials, on_trial_done, epochs=base.epochs, started=started, console=console()
-            )
-            tuner = build_tuner(
-                base=base,
-                space=space,
-                settings=settings,
-                plan=plan,
-                data=data,
-                folder=folder,
-                epochs=base.epochs,  # "epochs" is never searched
-                resume=resuming,
-                callbacks=[progress],
-                probe_memory=probe_memory,
-            )
-            fit_started = time.monotonic()
-            grid = tuner.fit()
-            # Tune returns from fit() both when its budget stopped the study and after a Ctrl-C. Its
-            # budget clock starts inside fit(), so a fit shorter than the budget was not stopped by it.
-            budget_spent = settings.time_budget_s is not None and (
-                time.monotonic() - fit_started >= settings.time_budget_s
-            )
-            trials, epochs = collect_results(
-                grid, params=list(space.params), data=data, sampled=lambda p: sampled_config(base, p)
-            )
-            outcome = study_end(trials, epochs, settings=settings, budget_spent=budget_spent)
-            writing = writer.submit(write, *outcome)
+    with ray_session_then(cluster) as (session, then):
+        if identity is not None:  # a new study: written once Ray is up, so a failed start leaves nothing
+            write_json(folder / STUDY_FILE, identity)
+        plan = session.plan
+        say(session.dashboard_text)
+        budget = f", time budget {duration_text(settings.time_budget_s)}" if settings.time_budget_s else ""
+        say(
+            f"{'resuming' if resuming else 'starting'} study {folder.parent.name}: {settings.trials} "
+            f"trials, {plan.concurrent} at a time ({plan.cpus_per_trial} CPU, {plan.gpus_per_trial:g} "
+            f"GPU each){budget} on {data.name} (sha256 {data.checksum[:12]}) -> {folder}"
+        )
+        progress = TrialProgress(
+            settings.trials, on_trial_done, epochs=base.epochs, started=started, console=console()
+        )
+        tuner = build_tuner(
+            base=base,
+            space=space,
+            settings=settings,
+            plan=plan,
+            data=data,
+            folder=folder,
+            epochs=base.epochs,  # "epochs" is never searched
+            resume=resuming,
+            callbacks=[progress],
+            probe_memory=probe_memory,
+        )
+        fit_started = time.monotonic()
+        grid = tuner.fit()
+        # Tune returns from fit() both when its budget stopped the study and after a Ctrl-C. Its
+        # budget clock starts inside fit(), so a fit shorter than the budget was not stopped by it.
+        budget_spent = settings.time_budget_s is not None and (
+            time.monotonic() - fit_started >= settings.time_budget_s
+        )
+        trials, epochs = collect_results(
+            grid, params=list(space.params), data=data, sampled=lambda p: sampled_config(base, p)
+        )
+        outcome = study_end(trials, epochs, settings=settings, budget_spent=budget_spent)
+        writing = then(write, *outcome)
     writing.result()
     return outcome
 
