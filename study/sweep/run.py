@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,21 +38,28 @@ def run_one(config: TrialConfig, data: ImageData) -> dict[str, Any]:
 
 
 def run_sweep(
-    experiment: Experiment, *, data: ImageData, cluster: Any, folder: Path, say: Any = print
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every run of a sweep or data-fraction experiment through Ray: (runs, epochs) tables.
+    experiment: Experiment,
+    *,
+    data: ImageData,
+    cluster: Any,
+    folder: Path,
+    then: Callable[[pd.DataFrame, pd.DataFrame], None],
+    say: Any = print,
+) -> None:
+    """Every run of a sweep or data-fraction experiment through Ray, then ``then(runs, epochs)``
+    (the files), which starts as Ray shuts down (``ray_session_then``).
 
     ``runs`` has one row per planned (condition, seed); rows whose configs are equal (a
     data-fraction's fraction 1 under both budgets) share one trained run and its ``run`` id.
     """
-    from study.common.cluster import map_on_ray, ray_session
+    from study.common.cluster import map_on_ray, ray_session_then
 
     planned = experiment.planned()
     configs = experiment.configs()
     run_ids = {c: i for i, c in enumerate(configs)}  # grid order, whatever order the runs finish in
     outputs = {i: output for i, c in enumerate(configs) if (output := load_run(folder, i, c)) is not None}
     saved = set(outputs)
-    with ray_session(cluster) as session:
+    with ray_session_then(cluster) as (session, start):
         plan = session.plan
         say(
             f"{session.dashboard_text}; {len(configs)} runs "
@@ -74,7 +82,18 @@ def run_sweep(
             on_result=keep,
             already_done=len(saved),
         )
-    images = {i: _train_images(c, data) for i, c in enumerate(configs)}
+        written = start(lambda: then(*_tables(planned, run_ids, outputs, data)))
+    written.result()
+
+
+def _tables(
+    planned: list[Planned],
+    run_ids: dict[TrialConfig, int],
+    outputs: dict[int, dict[str, Any]],
+    data: ImageData,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, epochs): a row per planned (condition, seed), and every run's per-epoch history."""
+    images = {run_id: _train_images(config, data) for config, run_id in run_ids.items()}
     rows = [
         _row(p, run_ids[p.config], outputs[run_ids[p.config]], images[run_ids[p.config]]) for p in planned
     ]
@@ -227,10 +246,13 @@ def run_sweep_experiment(
     from study.common.files import run_folder
 
     with run_folder(out, name, ".", resume=resume, overwrite=overwrite) as folder:
-        runs, epochs = run_sweep(experiment, data=data, cluster=cluster, folder=folder, say=say)
-        write_table(runs, folder / "runs")
-        write_table(epochs, folder / "epochs", csv=False)
-        summary = summarize(runs, experiment.swept_fields(), within=experiment.within())
-        write_table(summary, folder / "summary", markdown=True)
-        write_views(experiment, runs, folder)
-        write_sweep_figures(experiment, runs, epochs, summary, folder)
+
+        def write(runs: pd.DataFrame, epochs: pd.DataFrame) -> None:
+            write_table(runs, folder / "runs")
+            write_table(epochs, folder / "epochs", csv=False)
+            summary = summarize(runs, experiment.swept_fields(), within=experiment.within())
+            write_table(summary, folder / "summary", markdown=True)
+            write_views(experiment, runs, folder)
+            write_sweep_figures(experiment, runs, epochs, summary, folder)
+
+        run_sweep(experiment, data=data, cluster=cluster, folder=folder, then=write, say=say)
