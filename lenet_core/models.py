@@ -30,14 +30,14 @@ class ScaledTanh(nn.Module):
         return self.AMPLITUDE * torch.tanh(self.SLOPE * x)
 
 
-# ---------------------------------------------------------------- 2x2 pooling, fast on CPU
-# PyTorch's CPU max_pool2d and avg_pool2d kernels walk each 2x2 window in scalar code: in a
-# LeNet-5 step at batch 64 (1 thread, AVX-512) the two max pools' forward passes took 2.1 ms of
-# about 7 ms. The same windows as four strided views, combined elementwise, are vectorized: the
-# forward pass is 10x faster, forward + backward of the (64, 6, 28, 28) pool 1.8 -> 0.9 ms, and
-# a whole LeNet-5 step about 1.1x faster, inference about 2x. The results are bitwise those of
-# the kernels (tests/test_models.py checks outputs and gradients, ties included); odd sizes and
-# GPUs keep the library kernels.
+# ---------------------------------------------------------------- 2x2 pooling, fast inference on CPU
+# PyTorch's CPU max_pool2d and avg_pool2d kernels walk each 2x2 window in scalar code on NCHW
+# maps: pooling LeNet-5's (64, 6, 28, 28) conv1 maps took 1.6 ms. The same windows as four strided
+# views, combined elementwise, are vectorized: 0.16 ms, and bitwise the same values. Inference
+# (no gradient wanted) uses them: LeNet-5 at batch 256 ran 1.17x faster with its channels-last
+# weights, 2.3x with NCHW ones. Training keeps the library kernels: with a backward pass, and on
+# channels-last maps, they were as fast or faster than anything built from the corners (measured
+# at batch 64, 1 thread, AVX-512). Odd sizes and GPUs keep the library kernels too.
 
 
 def _window_corners(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -47,92 +47,34 @@ def _window_corners(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def _use_corners(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dim() == 4 and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0
-
-
-class _MaxPool2x2(torch.autograd.Function):
-    """2x2 max pooling, stride 2, whose backward pass is the library's (already fast) given the
-    indices max_pool2d's kernel would have chosen: each window's first maximum in scan order (a
-    tie sends the gradient to one element, not shared), its last NaN if it holds any."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        a, b, c, d = _window_corners(x)
-        top, bottom = torch.maximum(a, b), torch.maximum(c, d)  # NaN-propagating, as the kernel
-        pooled = torch.maximum(top, bottom)  # (B, C, H/2, W/2)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(x, _first_max_indices(a, b, c, d, top, bottom, pooled, width=x.shape[-1]))
-        return pooled
-
-    @staticmethod
-    def backward(ctx: Any, grad_pooled: torch.Tensor) -> torch.Tensor:
-        x, indices = ctx.saved_tensors
-        two, zero, one = [2, 2], [0, 0], [1, 1]  # kernel, stride; padding; dilation
-        return torch.ops.aten.max_pool2d_with_indices_backward(
-            grad_pooled, x, two, two, zero, one, False, indices
-        )
-
-
-def _first_max_indices(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    c: torch.Tensor,
-    d: torch.Tensor,
-    top: torch.Tensor,
-    bottom: torch.Tensor,
-    pooled: torch.Tensor,
-    *,
-    width: int,
-) -> torch.Tensor:
-    """(B, C, H/2, W/2) int64 flat indices into each (H, W) map, as max_pool2d's kernel picks
-    them: it scans a, b, c, d and moves on only to a strictly larger value or to a NaN."""
-    right_top, right_bottom, below = b > a, d > c, bottom > top
-    if pooled.isnan().any():  # only a diverging model pays for the NaN rule
-        right_top |= b.isnan()
-        right_bottom |= d.isnan()
-        below |= bottom.isnan()
-    h, w = pooled.shape[-2:]
-    corner = torch.arange(0, 2 * h, 2).view(-1, 1) * width + torch.arange(0, 2 * w, 2)  # (H/2, W/2)
-    return torch.where(below, right_bottom + width, right_top) + corner
+    """CPU inference on even-sized maps; anything that wants a gradient takes the library kernel."""
+    wants_grad = torch.is_grad_enabled() and x.requires_grad
+    even = x.dim() == 4 and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0
+    return x.device.type == "cpu" and even and not wants_grad
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """F.max_pool2d(x, 2), bitwise, faster on CPU. (B, C, H, W) -> (B, C, H/2, W/2)."""
-    return _MaxPool2x2.apply(x) if _use_corners(x) else F.max_pool2d(x, 2)
-
-
-class _AvgPool2x2(torch.autograd.Function):
-    """2x2 average pooling, stride 2, or each window's sum (``divisor`` 1). The forward pass sums
-    the corners in the kernel's order; the backward pass is the library's (already fast)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, divisor: int) -> torch.Tensor:
-        a, b, c, d = _window_corners(x)
-        window_sum = ((a + b) + c) + d  # (B, C, H/2, W/2), summed as the kernel sums
-        ctx.save_for_backward(x)
-        ctx.divisor = divisor
-        # dividing by 4 is exact in binary, as is the kernel's own division
-        return window_sum if divisor == 1 else window_sum / divisor
-
-    @staticmethod
-    def backward(ctx: Any, grad_pooled: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (x,) = ctx.saved_tensors
-        override = 1 if ctx.divisor == 1 else None
-        grad = torch.ops.aten.avg_pool2d_backward(
-            grad_pooled, x, [2, 2], [2, 2], [0, 0], False, True, override
-        )
-        return grad, None
+    """F.max_pool2d(x, 2), bitwise (NaN-propagating, as the kernel), faster in CPU inference.
+    (B, C, H, W) -> (B, C, H/2, W/2)."""
+    if not _use_corners(x):
+        return F.max_pool2d(x, 2)
+    a, b, c, d = _window_corners(x)
+    return torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
 
 
 def sum_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """Each 2x2 window's sum, stride 2: F.avg_pool2d(x, 2, divisor_override=1), bitwise, faster on
-    CPU. (B, C, H, W) -> (B, C, H/2, W/2)."""
-    return _AvgPool2x2.apply(x, 1) if _use_corners(x) else F.avg_pool2d(x, 2, divisor_override=1)
+    """Each 2x2 window's sum, stride 2: F.avg_pool2d(x, 2, divisor_override=1), bitwise (summed
+    in the kernel's order), faster in CPU inference. (B, C, H, W) -> (B, C, H/2, W/2)."""
+    if not _use_corners(x):
+        return F.avg_pool2d(x, 2, divisor_override=1)
+    a, b, c, d = _window_corners(x)
+    return ((a + b) + c) + d
 
 
 def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """F.avg_pool2d(x, 2), bitwise, faster on CPU. (B, C, H, W) -> (B, C, H/2, W/2)."""
-    return _AvgPool2x2.apply(x, 4) if _use_corners(x) else F.avg_pool2d(x, 2)
+    """F.avg_pool2d(x, 2), bitwise (dividing by 4 is exact, as the kernel's own division), faster
+    in CPU inference. (B, C, H, W) -> (B, C, H/2, W/2)."""
+    return sum_pool_2x2(x) / 4 if _use_corners(x) else F.avg_pool2d(x, 2)
 
 
 class MaxPool2x2(nn.Module):

@@ -199,6 +199,12 @@ def test_fast_pooling_is_bitwise_the_library_kernel(kind, inputs):
     assert torch.equal(
         torch.autograd.grad(out, x, grad_out)[0], torch.autograd.grad(expected, x, grad_out)[0]
     )
+    with torch.inference_mode():  # inference takes the corners (training, the library kernel)
+        assert torch.equal(fast(x.detach()), expected.detach())
+    nan_at_window_start = x.detach().clone()
+    nan_at_window_start[..., 0, 0] = math.nan  # NaN propagates, wherever in the window it sits
+    with torch.inference_mode():
+        assert torch.equal(fast(nan_at_window_start).isnan(), library(nan_at_window_start).isnan())
 
 
 def test_fast_pooling_trains_lenet_exactly_as_the_library_modules():
