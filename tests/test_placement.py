@@ -44,8 +44,8 @@ def granted_a_gpu(monkeypatch):
         return FakeResult(config)
 
     monkeypatch.setattr("study.common.placement.current_placement", lambda: GPU)
-    for module in ("study.sweep.run", "study.tune.trial", "study.ensemble.run"):
-        monkeypatch.setattr(f"{module}.train_trial", fake_train, raising=False)
+    for module in ("study.sweep.run", "study.tune.trial"):  # each stage's worker calls train_trial
+        monkeypatch.setattr(f"{module}.train_trial", fake_train)
     return seen
 
 

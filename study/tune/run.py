@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,12 +298,7 @@ def run_study(
     identity = study_identity(base, space, settings, data)
     with run_folder(out, name, "tune", resume=resume, overwrite=overwrite) as folder:
         resuming = check_resume(folder, identity, resume=resume)
-
-        def write(trials: pd.DataFrame, epochs: pd.DataFrame, end: StudyEnd) -> None:
-            write_study_files(folder, trials, epochs, space=space, data=data, settings=settings, end=end)
-
         trials, epoch_rows, end = _fit(
-            write=write,
             identity=None if resuming else identity,
             base=base,
             space=space,
@@ -325,7 +319,6 @@ def run_study(
 
 def _fit(
     *,
-    write: Callable[[pd.DataFrame, pd.DataFrame, StudyEnd], None],
     identity: dict[str, Any] | None,
     base: TrialConfig,
     space: SearchSpace,
@@ -338,7 +331,7 @@ def _fit(
     probe_memory: bool,
     on_trial_done: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame, StudyEnd]:
-    """Start or join Ray, run the trials, read Tune's results back as tables, and ``write`` them.
+    """Start or join Ray, run the trials, read Tune's results back as tables, and write the files.
 
     The files are written while Ray shuts down (``ray_session_then``); whatever happens, they are
     complete before this returns or raises.
@@ -385,10 +378,12 @@ def _fit(
         trials, epochs = collect_results(
             grid, params=list(space.params), data=data, sampled=lambda p: sampled_config(base, p)
         )
-        outcome = study_end(trials, epochs, settings=settings, budget_spent=budget_spent)
-        writing = then(write, *outcome)
+        trials, epochs, end = study_end(trials, epochs, settings=settings, budget_spent=budget_spent)
+        writing = then(
+            write_study_files, folder, trials, epochs, space=space, data=data, settings=settings, end=end
+        )
     writing.result()
-    return outcome
+    return trials, epochs, end
 
 
 def study_end(
