@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lenet_core.allocator import keep_freed_memory
 from lenet_core.config import TrialConfig
 
 # Fields that say where a trial runs, not what it trains: a saved config's values give way to
@@ -59,6 +60,11 @@ def current_placement() -> Placement:
 
 
 def place(config: TrialConfig) -> tuple[TrialConfig, Placement]:
-    """The config as it will run in this worker, and where that is."""
+    """The config as it will run in this worker, and where that is.
+
+    The worker is about to train, so its allocator keeps freed memory for reuse from here on
+    (``lenet_core.allocator``), as the ``study`` command's own process does.
+    """
+    keep_freed_memory()
     placement = current_placement()
     return placement.apply(config), placement
