@@ -226,6 +226,53 @@ def test_fast_pooling_trains_lenet_exactly_as_the_library_modules():
         assert torch.equal(weights[0], weights[1])
 
 
+def one_step_gradients(model, x, y, forward):
+    model.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(forward(model, x), y)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def relu_then_pool(model, x):
+    return model.head(model.features(x)["penultimate"])  # the maps kept: ReLU, then max pooling
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("variant", ["modern", "classic"])
+def test_max_pooling_before_relu_gives_bitwise_the_same_training(variant, channels_last, digits):
+    # real digits: flat background, so windows tie (at zero after ReLU, and before it too)
+    pixels = torch.from_numpy(digits.train_images[:32]).float().unsqueeze(1) / 255  # (32, 1, 28, 28)
+    x = (pixels - digits.mean) / digits.std
+    y = torch.from_numpy(digits.train_labels[:32])
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+    runs = []
+    for forward in (LeNet5.__call__, relu_then_pool):
+        torch.manual_seed(0)
+        model = LeNet5(variant=variant, activation="relu", pooling="max").to(memory_format=fmt)
+        assert model.pool_first
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        steps = []
+        for _ in range(3):
+            steps.append(one_step_gradients(model, x, y, forward))
+            optimizer.step()
+        runs.append((steps, [p.detach().clone() for p in model.parameters()]))
+    (fast_steps, fast_weights), (library_steps, library_weights) = runs
+    for (fast_loss, fast_grads), (library_loss, library_grads) in zip(fast_steps, library_steps, strict=True):
+        assert torch.equal(fast_loss, library_loss)
+        assert all(torch.equal(a, b) for a, b in zip(fast_grads, library_grads, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(fast_weights, library_weights, strict=True))
+    with torch.inference_mode():  # and in inference, where the pools take the strided corners
+        assert torch.equal(model(x), relu_then_pool(model, x))
+
+
+@pytest.mark.parametrize(
+    ("activation", "pooling"), [("tanh", "max"), ("sigmoid", "max"), ("relu", "avg"), ("relu", "subsample")]
+)
+def test_only_relu_with_max_pooling_pools_first(activation, pooling):
+    assert not LeNet5(activation=activation, pooling=pooling).pool_first
+
+
 def test_untrained_subsample_is_average_pooling():
     x = torch.randn(3, 6, 8, 8)
     torch.testing.assert_close(POOLINGS["subsample"](channels=6)(x), F.avg_pool2d(x, 2))
