@@ -19,7 +19,7 @@ from lenet_core.config import TrialConfig
 from lenet_core.errors import StudyError
 from lenet_core.train import build_trial_model, make_optimizer, train_one_epoch
 from study.bench import BenchSettings, bench_command, report_tables
-from study.bench.processes import ab_round, section, steps_per_epoch
+from study.bench.processes import ab_round, rotated_round, section, steps_per_epoch
 from study.cli import app
 from tests.conftest import FASHION_SUBSET, needs_fashion
 
@@ -70,6 +70,11 @@ def test_quick_bench_compares_like_with_like_and_writes_every_section(fashion_su
     for acc in train["ours_test_acc"] + train["reference_test_acc"]:
         assert 0.5 < acc < 1.0  # one real epoch of 5,400 Fashion-MNIST images, not a guess (0.1)
     assert train["speedup"] == pytest.approx(train["reference_wall_s"] / train["ours_wall_s"])
+    # the same script under study's allocator settings: faster or not, it computes the same numbers
+    assert train["reference_same_allocator_test_acc"] == train["reference_test_acc"]
+    assert train["speedup_same_allocator"] == pytest.approx(
+        train["reference_same_allocator_wall_s"] / train["ours_wall_s"]
+    )
     for breakdown in (train["ours_breakdown_s"], train["reference_breakdown_s"]):
         parts = [v for k, v in breakdown.items() if k != "total"]
         assert all(v >= 0 for v in parts)
@@ -187,6 +192,14 @@ def test_rounds_alternate_which_side_goes_first():
     ]
     assert results == [("a", "b")] * 3
     assert order == ["A", "B", "B", "A", "A", "B"]
+
+
+def test_three_sides_take_turns_leading_and_keep_their_order():
+    order = []
+    sides = [lambda name=name: order.append(name) or name.lower() for name in "ABC"]
+    results = [rotated_round(i, sides) for i in range(3)]
+    assert results == [("a", "b", "c")] * 3
+    assert order == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
 
 
 def test_bench_refuses_bad_settings_before_measuring(tmp_path):

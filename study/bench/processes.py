@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,13 +74,20 @@ def study_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "study"]
 
 
+def rotated_round(i: int, sides: Sequence[Callable[[], Any]]) -> tuple[Any, ...]:
+    """Round ``i`` of an A/B (or A/B/C): every side runs once, side ``i mod n`` first and the rest
+    in turn, so each side leads equally often; the results come back in the order of ``sides``."""
+    results: list[Any] = [None] * len(sides)
+    for k in range(len(sides)):
+        j = (i + k) % len(sides)
+        results[j] = sides[j]()
+    return tuple(results)
+
+
 def ab_round(i: int, first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
     """Round ``i`` of an A/B: both run, ``second`` leading in odd rounds; (first's, second's)."""
-    if i % 2 == 0:
-        a = first()
-        return a, second()
-    b = second()
-    return first(), b
+    a, b = rotated_round(i, (first, second))
+    return a, b
 
 
 def alternate(rounds: int, first: Callable[[], Any], second: Callable[[], Any]) -> list[tuple[Any, Any]]:

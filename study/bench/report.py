@@ -45,6 +45,11 @@ def train_tables(train: dict[str, Any]) -> list[Table]:
     sides = [
         {"side": "study train", "wall_s": train["ours_wall_s"], **_work(train["ours_work"])},
         {"side": "reference script", "wall_s": train["reference_wall_s"], **_work(train["reference_work"])},
+        {
+            "side": f"reference script, study's allocator settings ({train['speedup_same_allocator']:.2f}x)",
+            "wall_s": train["reference_same_allocator_wall_s"],
+            **_work(train["reference_work"]),
+        },
     ]
     ours, reference = train["ours_breakdown_s"], train["reference_breakdown_s"]
     return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import sys
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lenet_core.allocator import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES
 from lenet_core.config import TrialConfig
 from lenet_core.data import IDX_FILES, ImageData, as_tensor, find_idx_files
 from lenet_core.errors import StudyError
@@ -26,10 +28,10 @@ from lenet_core.train import (
     trial_split,
 )
 from study.bench.processes import (
-    ab_round,
     alternate,
     last_json,
     median,
+    rotated_round,
     run_process,
     steps_per_epoch,
     study_command,
@@ -129,16 +131,28 @@ def ours_train_run(command: list[str], folder: Path) -> dict[str, Any]:
     }
 
 
-def reference_train_run(command: list[str]) -> dict[str, Any]:
-    run = run_process(command)
+def reference_train_run(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    run = run_process(command, env=env)
     return {"wall_s": run["wall_s"], **last_json(run["stdout"])}
+
+
+def same_allocator_env() -> dict[str, str]:
+    """The reference script's environment with glibc's malloc set as ``study`` sets its own
+    (lenet_core.allocator): what the allocator alone is worth, apart from the loop."""
+    return {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES),
+        "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES),
+    }
 
 
 def whole_process_train(
     data: ImageData, *, data_dir: Path, tv_root: Path, settings: BenchSettings, work: Path
 ) -> dict[str, Any]:
-    """`study train` 1 epoch against the reference script, alternated, median of the rounds."""
+    """`study train` 1 epoch against the reference script, and against the same script under
+    study's allocator settings; the three rotate which runs first; medians of the rounds."""
     train_idx, val_idx = trial_split(data, TrialConfig(dataset=data.name, batch_size=TRAIN_BATCH))
+    allocator_env = same_allocator_env()
     rounds = []
     for i in range(settings.train_rounds):
         ours, reference = train_commands(
@@ -146,17 +160,24 @@ def whole_process_train(
         )
         folder = work / "ours" / f"round{i}" / "train"
         rounds.append(
-            ab_round(
-                i, lambda c=ours, f=folder: ours_train_run(c, f), lambda c=reference: reference_train_run(c)
+            rotated_round(
+                i,
+                (
+                    lambda c=ours, f=folder: ours_train_run(c, f),
+                    lambda c=reference: reference_train_run(c),
+                    lambda c=reference: reference_train_run(c, env=allocator_env),
+                ),
             )
         )
     root = Path(__file__).resolve().parents[2]
     probe = last_json(run_process([sys.executable, "-c", IMPORT_PROBE, str(data_dir)], cwd=root)["stdout"])
     python_start = run_process([sys.executable, "-c", "pass"])["wall_s"]
-    ours_runs = [a for a, _ in rounds]
-    ref_runs = [b for _, b in rounds]
+    ours_runs = [a for a, _, _ in rounds]
+    ref_runs = [b for _, b, _ in rounds]
+    alloc_runs = [c for _, _, c in rounds]
     ours_wall = median([r["wall_s"] for r in ours_runs])
     ref_wall = median([r["wall_s"] for r in ref_runs])
+    alloc_wall = median([r["wall_s"] for r in alloc_runs])
     return {
         "rounds": len(rounds),
         "threads": settings.threads,
@@ -164,6 +185,8 @@ def whole_process_train(
         "ours_wall_s": ours_wall,
         "reference_wall_s": ref_wall,
         "speedup": ref_wall / ours_wall,
+        "reference_same_allocator_wall_s": alloc_wall,
+        "speedup_same_allocator": alloc_wall / ours_wall,
         "ours_work": {
             "train_images": len(train_idx),
             "steps": steps_per_epoch(len(train_idx), TRAIN_BATCH),
@@ -177,6 +200,8 @@ def whole_process_train(
         "reference_test_acc": [r["test_acc"] for r in ref_runs],
         "ours_walls_s": [r["wall_s"] for r in ours_runs],
         "reference_walls_s": [r["wall_s"] for r in ref_runs],
+        "reference_same_allocator_walls_s": [r["wall_s"] for r in alloc_runs],
+        "reference_same_allocator_test_acc": [r["test_acc"] for r in alloc_runs],
         "ours_breakdown_s": ours_breakdown(ours_runs, probe, python_start),
         "reference_breakdown_s": reference_breakdown(ref_runs, python_start),
     }
