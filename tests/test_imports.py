@@ -1,10 +1,12 @@
 """The package's shape: imports flow one way (no cycles, counting imports inside functions), and
-`study --help` loads neither torch, ray, pandas nor matplotlib."""
+`study --help` loads neither torch, ray, pandas nor matplotlib, nor `study train` pandas."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.conftest import write_idx_set
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("lenet_core", "study")
@@ -102,3 +104,26 @@ def test_help_loads_no_heavy_library():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_warm_study_train_loads_neither_pandas_ray_nor_matplotlib(tmp_path):
+    # pyarrow imports pandas when it converts Python objects, so the history is written without
+    # that; scikit-learn imports it too, which a warm split cache skips (the first run warms it).
+    write_idx_set(tmp_path / "data", n_train=200, gz=True)
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from study.cli import app\n"
+        "args = ['train', '--dataset', 'mnist', '--epochs', '1', '--threads', '1', '--overwrite',\n"
+        f"        '--data-dir', {str(tmp_path / 'data')!r}, '--out', {str(tmp_path)!r}, '--name', 'x']\n"
+        "result = CliRunner().invoke(app, args)\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in ('ray', 'pandas', 'matplotlib') if m in sys.modules))\n"
+    )
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "x" / "train" / "history.parquet").is_file()
