@@ -253,9 +253,9 @@ class LeNet5(nn.Module):
         self.head = nn.Linear(84, 10)
         # max(relu(a), relu(b)) == relu(max(a, b)), and the gradient reaches the same element (the
         # first maximum, or none when the window is <= 0), so the forward pass may pool first and
-        # apply ReLU to a quarter of the elements: the same numbers, bitwise, a LeNet-5 step about
-        # 4% faster. Other activations can saturate to ties that pick another element; avg and
-        # subsample do not commute with any of them.
+        # apply ReLU to a quarter of the elements: the same values (a zero may carry the other
+        # sign), the same gradients, a LeNet-5 step about 4% faster. Other activations can
+        # saturate to ties that pick another element; avg and subsample commute with none of them.
         self.pool_first = activation == "relu" and pooling == "max"
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -271,10 +271,15 @@ class LeNet5(nn.Module):
         if self.input_pad:
             x = F.pad(x, (self.input_pad,) * 4)  # (B, 1, 32, 32)
         conv1, pooled1 = self._conv_stage(
-            x, self.conv1, self.act1, self.pool1, self.pool1_act, keep_maps=keep_maps
+            x, conv=self.conv1, act=self.act1, pool=self.pool1, pool_act=self.pool1_act, keep_maps=keep_maps
         )  # (B, 6, 28, 28), (B, 6, 14, 14)
         conv2, pooled2 = self._conv_stage(
-            pooled1, self.conv2, self.act2, self.pool2, self.pool2_act, keep_maps=keep_maps
+            pooled1,
+            conv=self.conv2,
+            act=self.act2,
+            pool=self.pool2,
+            pool_act=self.pool2_act,
+            keep_maps=keep_maps,
         )  # (B, 16, 10, 10), (B, 16, 5, 5)
         if self.conv3 is not None:
             hidden = self.act3(self.conv3(pooled2)).flatten(1)  # (B, 120, 1, 1) -> (B, 120)
@@ -288,14 +293,15 @@ class LeNet5(nn.Module):
     def _conv_stage(
         self,
         x: torch.Tensor,
+        *,
         conv: nn.Module,
         act: nn.Module,
         pool: nn.Module,
         pool_act: nn.Module,
-        *,
         keep_maps: bool,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(activated conv map, pooled map); no activated map when the pool ran first."""
+        """(activated conv map, pooled map); no activated map when the pool ran first (max pooling
+        has no ``pool_act`` to skip: it is nn.Identity)."""
         maps = conv(x)
         if self.pool_first and not keep_maps:
             return None, act(pool(maps))

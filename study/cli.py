@@ -184,7 +184,7 @@ def train(
 
 def main() -> None:
     # Every command may train or evaluate here, in this process: keep freed tensors' memory for
-    # reuse (about 1,000 page faults a LeNet-5 step otherwise; lenet_core/allocator.py).
+    # reuse rather than fault it back in every step (lenet_core/allocator.py).
     keep_freed_memory()
     try:
         app()

@@ -70,10 +70,14 @@ def test_quick_bench_compares_like_with_like_and_writes_every_section(fashion_su
     for acc in train["ours_test_acc"] + train["reference_test_acc"]:
         assert 0.5 < acc < 1.0  # one real epoch of 5,400 Fashion-MNIST images, not a guess (0.1)
     assert train["speedup"] == pytest.approx(train["reference_wall_s"] / train["ours_wall_s"])
-    # the same script under study's allocator settings: faster or not, it computes the same numbers
+    # each side under the other's allocator: faster or not, it computes the same numbers
     assert train["reference_same_allocator_test_acc"] == train["reference_test_acc"]
+    assert train["ours_default_allocator_test_acc"] == train["ours_test_acc"]
     assert train["speedup_same_allocator"] == pytest.approx(
         train["reference_same_allocator_wall_s"] / train["ours_wall_s"]
+    )
+    assert train["allocator_speedup"] == pytest.approx(
+        train["ours_default_allocator_wall_s"] / train["ours_wall_s"]
     )
     for breakdown in (train["ours_breakdown_s"], train["reference_breakdown_s"]):
         parts = [v for k, v in breakdown.items() if k != "total"]

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -43,3 +44,19 @@ def test_a_key_missing_from_some_rows_is_null_there(tmp_path):
 def test_values_that_are_not_scalars_are_written_as_text(tmp_path, value):
     write_records([{"x": value}], tmp_path / "t")
     assert pq.read_table(tmp_path / "t.parquet").column("x").to_pylist() == [str(value)]
+
+
+def test_numpy_scalars_are_written_as_the_values_they_hold(tmp_path):
+    write_records(
+        [{"flag": np.bool_(True), "n": np.int64(3), "x": np.float32(0.1), "y": np.float64(0.25)}],
+        tmp_path / "t",
+    )
+    table = pq.read_table(tmp_path / "t.parquet")
+    assert [str(f.type) for f in table.schema] == ["bool", "int64", "double", "double"]
+    assert table.to_pylist() == [{"flag": True, "n": 3, "x": float(np.float32(0.1)), "y": 0.25}]
+
+
+def test_no_rows_give_files_without_columns(tmp_path):
+    write_records([], tmp_path / "t")
+    assert pq.read_table(tmp_path / "t.parquet").num_columns == 0
+    assert (tmp_path / "t.csv").read_text() == "\n"

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import write_idx_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +108,7 @@ def test_help_loads_no_heavy_library():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_a_warm_study_train_loads_neither_pandas_ray_nor_matplotlib(tmp_path):
     # pyarrow imports pandas when it converts Python objects, so the history is written without
     # that; scikit-learn imports it too, which a warm split cache skips (the first run warms it).

@@ -251,6 +251,9 @@ def test_max_pooling_before_relu_gives_bitwise_the_same_training(variant, channe
         torch.manual_seed(0)
         model = LeNet5(variant=variant, activation="relu", pooling="max").to(memory_format=fmt)
         assert model.pool_first
+        assert isinstance(model.pool1_act, torch.nn.Identity) and isinstance(
+            model.pool2_act, torch.nn.Identity
+        )
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         steps = []
         for _ in range(3):

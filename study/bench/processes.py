@@ -75,8 +75,8 @@ def study_command() -> list[str]:
 
 
 def rotated_round(i: int, sides: Sequence[Callable[[], Any]]) -> tuple[Any, ...]:
-    """Round ``i`` of an A/B (or A/B/C): every side runs once, side ``i mod n`` first and the rest
-    in turn, so each side leads equally often; the results come back in the order of ``sides``."""
+    """Round ``i`` of an A/B (or more sides): every side runs once, side ``i mod n`` first and the
+    rest in turn, so over n rounds each side leads once; results in the order of ``sides``."""
     results: list[Any] = [None] * len(sides)
     for k in range(len(sides)):
         j = (i + k) % len(sides)

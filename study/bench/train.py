@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lenet_core.allocator import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES
+from lenet_core.allocator import MMAP_THRESHOLD_BYTES, OPT_OUT_VARIABLE, TRIM_THRESHOLD_BYTES
 from lenet_core.config import TrialConfig
 from lenet_core.data import IDX_FILES, ImageData, as_tensor, find_idx_files
 from lenet_core.errors import StudyError
@@ -114,11 +114,11 @@ def train_commands(
     return ours, reference
 
 
-def ours_train_run(command: list[str], folder: Path) -> dict[str, Any]:
+def ours_train_run(command: list[str], folder: Path, *, env: dict[str, str] | None = None) -> dict[str, Any]:
     """One `study train` process: wall time and what its result.json and history say."""
     import pandas as pd
 
-    run = run_process(command)
+    run = run_process(command, env=env)
     result = json.loads((folder / "result.json").read_text())
     history = pd.read_csv(folder / "history.csv").to_dict(orient="records")
     return {
@@ -131,62 +131,80 @@ def ours_train_run(command: list[str], folder: Path) -> dict[str, Any]:
     }
 
 
-def reference_train_run(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+def reference_train_run(command: list[str], *, env: dict[str, str] | None = None) -> dict[str, Any]:
     run = run_process(command, env=env)
     return {"wall_s": run["wall_s"], **last_json(run["stdout"])}
 
 
-def same_allocator_env() -> dict[str, str]:
-    """The reference script's environment with glibc's malloc set as ``study`` sets its own
-    (lenet_core.allocator): what the allocator alone is worth, apart from the loop."""
+def allocator_envs() -> dict[str, dict[str, str]]:
+    """Environments that move one process to the other side of lenet_core.allocator: the
+    reference script with glibc's malloc set as ``study`` sets its own, and ``study`` left with
+    glibc's defaults. Together they say what the allocator alone is worth."""
     return {
-        **os.environ,
-        "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES),
-        "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES),
+        "study_settings": {
+            **os.environ,
+            "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES),
+            "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES),
+        },
+        "glibc_defaults": {**os.environ, OPT_OUT_VARIABLE: "0"},
     }
+
+
+# The sides of the whole-process A/B, in the order each round's results come back
+TRAIN_SIDES = ("ours", "reference", "reference_same_allocator", "ours_default_allocator")
+
+
+def train_round(
+    i: int, *, data_dir: Path, tv_root: Path, work: Path, threads: int, envs: dict[str, dict[str, str]]
+) -> dict[str, dict[str, Any]]:
+    """Round ``i`` of the whole-process A/B: every side of TRAIN_SIDES once, by name."""
+    ours, reference = train_commands(
+        data_dir=data_dir, tv_root=tv_root, out=work, name=f"round{i}", threads=threads
+    )
+    glibc, _ = train_commands(
+        data_dir=data_dir, tv_root=tv_root, out=work, name=f"round{i}-glibc", threads=threads
+    )
+    runs = {
+        "ours": lambda: ours_train_run(ours, work / "ours" / f"round{i}" / "train"),
+        "reference": lambda: reference_train_run(reference),
+        "reference_same_allocator": lambda: reference_train_run(reference, env=envs["study_settings"]),
+        "ours_default_allocator": lambda: ours_train_run(
+            glibc, work / "ours" / f"round{i}-glibc" / "train", env=envs["glibc_defaults"]
+        ),
+    }
+    results = rotated_round(i, [runs[side] for side in TRAIN_SIDES])
+    return dict(zip(TRAIN_SIDES, results, strict=True))
 
 
 def whole_process_train(
     data: ImageData, *, data_dir: Path, tv_root: Path, settings: BenchSettings, work: Path
 ) -> dict[str, Any]:
-    """`study train` 1 epoch against the reference script, and against the same script under
-    study's allocator settings; the three rotate which runs first; medians of the rounds."""
+    """`study train` 1 epoch against the reference script; and each with the other's allocator
+    (the reference under study's settings, study under glibc's defaults). The four rotate which
+    runs first; medians of the rounds."""
     train_idx, val_idx = trial_split(data, TrialConfig(dataset=data.name, batch_size=TRAIN_BATCH))
-    allocator_env = same_allocator_env()
-    rounds = []
-    for i in range(settings.train_rounds):
-        ours, reference = train_commands(
-            data_dir=data_dir, tv_root=tv_root, out=work, name=f"round{i}", threads=settings.threads
-        )
-        folder = work / "ours" / f"round{i}" / "train"
-        rounds.append(
-            rotated_round(
-                i,
-                (
-                    lambda c=ours, f=folder: ours_train_run(c, f),
-                    lambda c=reference: reference_train_run(c),
-                    lambda c=reference: reference_train_run(c, env=allocator_env),
-                ),
-            )
-        )
+    envs = allocator_envs()
+    rounds = [
+        train_round(i, data_dir=data_dir, tv_root=tv_root, work=work, threads=settings.threads, envs=envs)
+        for i in range(settings.train_rounds)
+    ]
     root = Path(__file__).resolve().parents[2]
     probe = last_json(run_process([sys.executable, "-c", IMPORT_PROBE, str(data_dir)], cwd=root)["stdout"])
     python_start = run_process([sys.executable, "-c", "pass"])["wall_s"]
-    ours_runs = [a for a, _, _ in rounds]
-    ref_runs = [b for _, b, _ in rounds]
-    alloc_runs = [c for _, _, c in rounds]
-    ours_wall = median([r["wall_s"] for r in ours_runs])
-    ref_wall = median([r["wall_s"] for r in ref_runs])
-    alloc_wall = median([r["wall_s"] for r in alloc_runs])
+    by_side = {side: [r[side] for r in rounds] for side in TRAIN_SIDES}
+    wall = {side: median([r["wall_s"] for r in runs]) for side, runs in by_side.items()}
+    ours_runs, ref_runs = by_side["ours"], by_side["reference"]
     return {
         "rounds": len(rounds),
         "threads": settings.threads,
         "batch_size": TRAIN_BATCH,
-        "ours_wall_s": ours_wall,
-        "reference_wall_s": ref_wall,
-        "speedup": ref_wall / ours_wall,
-        "reference_same_allocator_wall_s": alloc_wall,
-        "speedup_same_allocator": alloc_wall / ours_wall,
+        "ours_wall_s": wall["ours"],
+        "reference_wall_s": wall["reference"],
+        "speedup": wall["reference"] / wall["ours"],
+        "reference_same_allocator_wall_s": wall["reference_same_allocator"],
+        "speedup_same_allocator": wall["reference_same_allocator"] / wall["ours"],
+        "ours_default_allocator_wall_s": wall["ours_default_allocator"],
+        "allocator_speedup": wall["ours_default_allocator"] / wall["ours"],
         "ours_work": {
             "train_images": len(train_idx),
             "steps": steps_per_epoch(len(train_idx), TRAIN_BATCH),
@@ -200,8 +218,10 @@ def whole_process_train(
         "reference_test_acc": [r["test_acc"] for r in ref_runs],
         "ours_walls_s": [r["wall_s"] for r in ours_runs],
         "reference_walls_s": [r["wall_s"] for r in ref_runs],
-        "reference_same_allocator_walls_s": [r["wall_s"] for r in alloc_runs],
-        "reference_same_allocator_test_acc": [r["test_acc"] for r in alloc_runs],
+        "reference_same_allocator_walls_s": [r["wall_s"] for r in by_side["reference_same_allocator"]],
+        "reference_same_allocator_test_acc": [r["test_acc"] for r in by_side["reference_same_allocator"]],
+        "ours_default_allocator_walls_s": [r["wall_s"] for r in by_side["ours_default_allocator"]],
+        "ours_default_allocator_test_acc": [r["test_acc"] for r in by_side["ours_default_allocator"]],
         "ours_breakdown_s": ours_breakdown(ours_runs, probe, python_start),
         "reference_breakdown_s": reference_breakdown(ref_runs, python_start),
     }

@@ -183,9 +183,10 @@ def write_records(rows: list[dict[str, Any]], stem: Path) -> None:
     """The files of ``write_table`` from plain rows of scalars, without importing pandas.
 
     For ``study train``, which needs no other table work: pyarrow imports pandas the first time it
-    converts Python objects (0.2-0.3 s), so the csv module writes the CSV and Arrow's own CSV
-    reader types it for the parquet file. Columns of int, float (NaN and infinities kept), bool
-    and str values; None, and an empty string, become null.
+    converts Python objects (0.2-0.3 s), so the csv module writes the text and Arrow's own CSV
+    reader types it for the parquet file. Columns of bool, int, float (NaN and infinities kept)
+    and str values, built-in or numpy; a key missing from a row, None and an empty string are null.
+    Both files are written once the table is built, so a value it cannot read leaves neither.
     """
     import csv
     import io
@@ -194,26 +195,38 @@ def write_records(rows: list[dict[str, Any]], stem: Path) -> None:
     import pyarrow.csv
     import pyarrow.parquet
 
-    columns = list(dict.fromkeys(key for row in rows for key in row))  # every key, first seen first
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)  # floats as repr(): they read back exactly
-    with atomic_open(stem.with_suffix(".csv")) as handle:
-        handle.write(text.getvalue())
-    options = pyarrow.csv.ConvertOptions(
-        column_types={c: _arrow_type([row.get(c) for row in rows]) for c in columns},
-        null_values=[""],
-        strings_can_be_null=True,
-    )
-    table = pyarrow.csv.read_csv(pa.py_buffer(text.getvalue().encode()), convert_options=options)
+    plain = [{key: _plain_scalar(value) for key, value in row.items()} for row in rows]
+    columns = list(dict.fromkeys(key for row in plain for key in row))  # every key, first seen first
+    if columns:
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(plain)  # a float as str(): the shortest text that reads back exactly
+        encoded = text.getvalue().encode()
+        table = pyarrow.csv.read_csv(
+            pa.py_buffer(encoded),
+            parse_options=pyarrow.csv.ParseOptions(newlines_in_values=True),
+            convert_options=pyarrow.csv.ConvertOptions(
+                column_types={c: _arrow_type([row.get(c) for row in plain]) for c in columns},
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
+        )
+    else:  # no rows, or rows without keys: files with no columns, as pandas writes them
+        encoded, table = b"\n", pa.table({})
+    with atomic_open(stem.with_suffix(".csv"), "wb") as handle:
+        handle.write(encoded)
     write_via_temp(stem.with_suffix(".parquet"), lambda p: pyarrow.parquet.write_table(table, p))
 
 
-def _arrow_type(values: list[Any]) -> Any:
-    """The Arrow type of a column of Python (or numpy) scalars; None is a missing value."""
-    import numbers
+def _plain_scalar(value: Any) -> Any:
+    """A numpy scalar as the built-in value it holds (np.bool_ is no bool, np.float32's text is
+    float32's); anything else as it is."""
+    return value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else value
 
+
+def _arrow_type(values: list[Any]) -> Any:
+    """The Arrow type of a column of built-in scalars; None is a missing value."""
     import pyarrow as pa
 
     present = [v for v in values if v is not None]
@@ -221,9 +234,9 @@ def _arrow_type(values: list[Any]) -> Any:
         return pa.null()
     if all(isinstance(v, bool) for v in present):
         return pa.bool_()
-    if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in present):
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
         return pa.int64()
-    if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in present):
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
         return pa.float64()
     return pa.string()
 

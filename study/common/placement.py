@@ -1,6 +1,7 @@
 """Where a trial runs: the one placement rule that tune trials, ensemble members and sweep runs share.
 
-It runs inside the Ray worker, after Ray has granted the task its resources, so the config that
+It runs inside the Ray worker, after Ray has granted the task its resources, and readies the
+worker to train (its allocator keeps freed memory, ``lenet_core.allocator``). So the config that
 trains (and is written to every table) says what really ran: ``device="auto"`` becomes ``cuda``
 when Ray gave the task a GPU and ``cpu`` otherwise, and ``threads=0`` becomes the number of CPUs
 Ray gave it. A device or thread count the user chose is kept as it is.
