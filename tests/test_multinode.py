@@ -93,12 +93,13 @@ def _remove_when_busy(cluster, worker, folder: Path) -> dict[str, set[str]]:
 
 def test_tune_study_survives_losing_the_worker_node(loopback_cluster, tmp_path):
     cluster, worker = loopback_cluster
-    epochs_per_trial = 30  # seconds per trial: the node goes while a trial is mid-way
+    # Seconds per trial, so that the node goes while a trial is mid-way: 30 epochs of 101 steps
+    # (batch 16) take about 10 s; at batch 64 a trial ended within 3 s, before it was seen running.
+    epochs_per_trial = 30
     folder = tmp_path / "m" / "tune"
     lost = _remove_when_busy(cluster, worker, folder)
-    trials = _study(
-        ClusterOptions(address=cluster.address), tmp_path, base=BASE.replace(epochs=epochs_per_trial)
-    )
+    base = BASE.replace(epochs=epochs_per_trial, batch_size=16)
+    trials = _study(ClusterOptions(address=cluster.address), tmp_path, base=base)
     assert lost.get("lost"), "the worker node was never busy"
     assert len(trials) == 4 and trials["trial_id"].is_unique  # every trial, once
     assert set(trials["status"]) == {"completed"} and (trials["epochs_run"] == epochs_per_trial).all()

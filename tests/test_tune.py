@@ -355,6 +355,9 @@ def test_interrupted_study_resumes_without_losing_or_repeating_trials(tmp_path, 
         *("tune", "--dataset", "digits", "--trials", "4", "--epochs", "8", "--scheduler", "none"),
         *("--optimizer", "adam", "--lr", "0.001", "--max-concurrent", "1"),
         *("--out", tmp_path, "--name", "r"),
+        # 101 steps an epoch: a trial lasts a few seconds, longer than Tune's 2 s between saves
+        # (at batch 64 two trials could end between two saves, and the study before the interrupt)
+        *("--batch-size", "16"),
     )
     folder = tmp_path / "r" / "tune"
     # Tune saves its experiment state every 2 s instead of every 10 s: the events below come sooner
