@@ -150,14 +150,10 @@ def allocator_envs() -> dict[str, dict[str, str]]:
     }
 
 
-# The sides of the whole-process A/B, in the order each round's results come back
-TRAIN_SIDES = ("ours", "reference", "reference_same_allocator", "ours_default_allocator")
-
-
 def train_round(
     i: int, *, data_dir: Path, tv_root: Path, work: Path, threads: int, envs: dict[str, dict[str, str]]
 ) -> dict[str, dict[str, Any]]:
-    """Round ``i`` of the whole-process A/B: every side of TRAIN_SIDES once, by name."""
+    """Round ``i`` of the whole-process A/B: every side once, its results by the side's name."""
     ours, reference = train_commands(
         data_dir=data_dir, tv_root=tv_root, out=work, name=f"round{i}", threads=threads
     )
@@ -172,8 +168,7 @@ def train_round(
             glibc, work / "ours" / f"round{i}-glibc" / "train", env=envs["glibc_defaults"]
         ),
     }
-    results = rotated_round(i, [runs[side] for side in TRAIN_SIDES])
-    return dict(zip(TRAIN_SIDES, results, strict=True))
+    return dict(zip(runs, rotated_round(i, list(runs.values())), strict=True))
 
 
 def whole_process_train(
@@ -191,7 +186,7 @@ def whole_process_train(
     root = Path(__file__).resolve().parents[2]
     probe = last_json(run_process([sys.executable, "-c", IMPORT_PROBE, str(data_dir)], cwd=root)["stdout"])
     python_start = run_process([sys.executable, "-c", "pass"])["wall_s"]
-    by_side = {side: [r[side] for r in rounds] for side in TRAIN_SIDES}
+    by_side = {side: [r[side] for r in rounds] for side in rounds[0]}
     wall = {side: median([r["wall_s"] for r in runs]) for side, runs in by_side.items()}
     ours_runs, ref_runs = by_side["ours"], by_side["reference"]
     return {

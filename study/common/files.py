@@ -154,9 +154,14 @@ def _json_safe(value: Any) -> Any:
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return _json_safe(value.item())
-    return value
+    builtin = _builtin_scalar(value)
+    return value if builtin is value else _json_safe(builtin)
+
+
+def _builtin_scalar(value: Any) -> Any:
+    """A numpy or torch scalar as the built-in value it holds (np.bool_ is no bool, np.float32's
+    text is float32's); anything else as it is."""
+    return value.item() if hasattr(value, "item") and callable(value.item) else value
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -195,7 +200,7 @@ def write_records(rows: list[dict[str, Any]], stem: Path) -> None:
     import pyarrow.csv
     import pyarrow.parquet
 
-    plain = [{key: _plain_scalar(value) for key, value in row.items()} for row in rows]
+    plain = [{key: _builtin_scalar(value) for key, value in row.items()} for row in rows]
     columns = list(dict.fromkeys(key for row in plain for key in row))  # every key, first seen first
     if columns:
         text = io.StringIO()
@@ -217,12 +222,6 @@ def write_records(rows: list[dict[str, Any]], stem: Path) -> None:
     with atomic_open(stem.with_suffix(".csv"), "wb") as handle:
         handle.write(encoded)
     write_via_temp(stem.with_suffix(".parquet"), lambda p: pyarrow.parquet.write_table(table, p))
-
-
-def _plain_scalar(value: Any) -> Any:
-    """A numpy scalar as the built-in value it holds (np.bool_ is no bool, np.float32's text is
-    float32's); anything else as it is."""
-    return value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else value
 
 
 def _arrow_type(values: list[Any]) -> Any:
