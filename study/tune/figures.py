@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only; no display on study machines
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from study.common.files import save_figure
 from study.tune.tables import completed
@@ -94,11 +95,10 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, path: Path, top:
         curve = epochs[epochs["trial_id"] == row.trial_id].sort_values("epoch")
         label = f"#{row.trial} {getattr(row, 'optimizer', '')} lr={getattr(row, 'lr', math.nan):.2g}"
         ax.plot(curve["epoch"], curve["val_acc"], marker="o", label=label)
-    ax.set(
-        title=f"Learning curves of the top {top} completed trials",
-        xlabel="epoch",
-        ylabel="validation accuracy",
-    )
+    # a small study may have fewer completed trials than ``top``: say how many are drawn
+    shown = f"the top {top}" if len(best) >= top else f"all {len(best)}"
+    ax.set(title=f"Learning curves of {shown} completed trials", xlabel="epoch", ylabel="validation accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole, as in the sweep figures
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     save_figure(fig, path)
 
