@@ -58,6 +58,9 @@ def test_trial_worker_killed_mid_trial_is_retried_and_the_study_completes(tmp_pa
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # result.json reaches the study folder only when Tune saves its experiment state, every
+        # 10 s by default: a trial of 20 digits epochs (about 8 s) could end unseen. Save every 1 s.
+        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
     )
     killed = None
     deadline = time.time() + 120

@@ -91,8 +91,11 @@ def _remove_when_busy(cluster, worker, folder: Path) -> dict[str, set[str]]:
     return lost
 
 
-def test_tune_study_survives_losing_the_worker_node(loopback_cluster, tmp_path):
+def test_tune_study_survives_losing_the_worker_node(loopback_cluster, tmp_path, monkeypatch):
     cluster, worker = loopback_cluster
+    # A trial's result.json reaches the study folder only when Tune saves its experiment state
+    # (every 10 s by default, read when the study starts): save every 1 s so a trial is seen mid-way.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Seconds per trial, so that the node goes while a trial is mid-way: 30 epochs of 101 steps
     # (batch 16) take about 10 s; at batch 64 a trial ended within 3 s, before it was seen running.
     epochs_per_trial = 30
