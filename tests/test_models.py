@@ -241,9 +241,9 @@ def relu_then_pool(model, x):
 @pytest.mark.parametrize("variant", ["modern", "classic"])
 def test_max_pooling_before_relu_gives_bitwise_the_same_training(variant, channels_last, digits):
     # real digits: flat background, so windows tie (at zero after ReLU, and before it too)
-    pixels = torch.from_numpy(digits.train_images[:32]).float().unsqueeze(1) / 255  # (32, 1, 28, 28)
+    pixels = torch.tensor(digits.train_images[:32]).float().unsqueeze(1) / 255  # (32, 1, 28, 28)
     x = (pixels - digits.mean) / digits.std
-    y = torch.from_numpy(digits.train_labels[:32])
+    y = torch.tensor(digits.train_labels[:32])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
     runs = []

@@ -37,3 +37,13 @@ def test_learning_curves_say_how_many_trials_they_draw(monkeypatch, tmp_path, co
     drawn["fig"].canvas.draw()
     assert all(tick == int(tick) for tick in ax.get_xticks())  # no epoch 1.25
     plt.close(drawn["fig"])
+
+
+def test_learning_curves_with_no_completed_trial_say_so_without_an_empty_legend(monkeypatch, tmp_path):
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.update(fig=fig))
+    figures.learning_curves(*study_tables(0), tmp_path / "curves.png")
+    ax = drawn["fig"].axes[0]
+    assert not ax.lines and ax.get_legend() is None
+    assert [t.get_text() for t in ax.texts] == ["no trial completed"]
+    plt.close(drawn["fig"])

@@ -99,7 +99,10 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, path: Path, top:
     shown = f"the top {top}" if len(best) >= top else f"all {len(best)}"
     ax.set(title=f"Learning curves of {shown} completed trials", xlabel="epoch", ylabel="validation accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole, as in the sweep figures
-    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if len(best):
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:  # e.g. a time budget spent before any trial ran all its epochs
+        ax.text(0.5, 0.5, "no trial completed", ha="center", va="center", transform=ax.transAxes)
     save_figure(fig, path)
 
 
