@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import secrets
 import shutil
@@ -173,3 +174,23 @@ def run_bounded(work: Callable[[], Any], limit_s: float = RUN_LIMIT_S) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+def last_trial_reports(tune_folder: Path) -> dict[str, dict[str, Any]]:
+    """The last report of every trial that has one, by trial id, from the ``result.json`` files
+    under ``tune_folder/ray``.
+
+    Tune writes those files in a staging folder under Ray's temp dir and copies them here, in
+    place, each time it saves its experiment state (every ``TUNE_GLOBAL_CHECKPOINT_S``, 10 s by
+    default): a file read mid-copy may end in a partial line, which is skipped for the one before.
+    """
+    reports: dict[str, dict[str, Any]] = {}
+    for path in tune_folder.glob("ray/*/result.json"):
+        for line in reversed(path.read_text().splitlines()):
+            try:
+                row = json.loads(line)
+            except ValueError:  # cut short by a copy in progress
+                continue
+            reports[row["trial_id"]] = row
+            break
+    return reports

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from study.cli import app
+from tests.conftest import last_trial_reports
 
 runner = CliRunner()
 
@@ -21,12 +22,9 @@ def _running_trial_worker(folder, study):
     """The PID of a worker now running one of *our* study's trials (Tune reports each trial's pid),
     checked to descend from the study process we started."""
     ours = {p.pid for p in psutil.Process(study.pid).children(recursive=True)}
-    for path in folder.glob("ray/*/result.json"):
-        lines = path.read_text().splitlines()
-        if lines:
-            row = json.loads(lines[-1])
-            if row["status"] == "running" and row["pid"] in ours:
-                return row["pid"]
+    for row in last_trial_reports(folder).values():
+        if row["status"] == "running" and row["pid"] in ours:
+            return row["pid"]
     return None
 
 
@@ -168,3 +166,16 @@ def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
         write_via_temp(path, crash)
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temp file left
+
+
+def test_trial_reports_read_mid_copy_skip_the_partial_line(tmp_path):
+    """The helper the fault tests watch Tune with: Tune copies result.json in place, so a read may
+    end in half a line; the last whole line stands, and a file with none yet is not a report."""
+    for trial, text in {
+        "a": '{"trial_id": "a", "epoch": 1}\n{"trial_id": "a", "ep',
+        "b": "",
+        "c": '{"tri',
+    }.items():
+        (tmp_path / "ray" / trial).mkdir(parents=True)
+        (tmp_path / "ray" / trial / "result.json").write_text(text)
+    assert last_trial_reports(tmp_path) == {"a": {"trial_id": "a", "epoch": 1}}

@@ -20,7 +20,7 @@ from study.common.cluster import ClusterOptions
 from study.ensemble.run import EnsemblePlan, run_ensemble
 from study.tune.run import TuneSettings, run_study
 from study.tune.space import parse_space
-from tests.conftest import RUN_LIMIT_S, run_bounded
+from tests.conftest import RUN_LIMIT_S, last_trial_reports, run_bounded
 
 pytestmark = pytest.mark.slow
 SPACE = parse_space({"space": {"lr": {"choices": [0.001, 0.002, 0.003, 0.004]}}}, source="test")
@@ -64,13 +64,11 @@ def test_tune_trials_spread_over_both_nodes_and_match_a_one_node_run(loopback_cl
 
 def _running_on(folder: Path, node_id: str) -> set[str]:
     """Trials whose last report says they are mid-way on ``node_id``."""
-    running = set()
-    for path in folder.glob("ray/*/result.json"):
-        lines = path.read_text().splitlines()
-        last = json.loads(lines[-1]) if lines else {}
-        if last.get("node_id") == node_id and last.get("status") == "running" and last.get("epoch", 0) >= 2:
-            running.add(last["trial_id"])
-    return running
+    return {
+        trial_id
+        for trial_id, last in last_trial_reports(folder).items()
+        if last.get("node_id") == node_id and last.get("status") == "running" and last.get("epoch", 0) >= 2
+    }
 
 
 def _remove_when_busy(cluster, worker, folder: Path) -> dict[str, set[str]]:

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from lenet_core.config import TrialConfig, from_dict
 from study.cli import app
+from tests.conftest import last_trial_reports
 
 runner = CliRunner()
 SMALL_STUDY = ["tune", "--dataset", "digits", "--trials", "4", "--epochs", "2", "--seed", "1"]
@@ -234,7 +235,9 @@ def test_dashboard_answers_http_while_the_study_runs_and_ctrl_c_exits_130(tmp_pa
             except OSError:
                 time.sleep(0.2)
         # Ctrl-C once a trial is training (Tune's own handler is in place by then)
-        while time.time() < deadline and proc.poll() is None and not _last_results(tmp_path / "d" / "tune"):
+        while (
+            time.time() < deadline and proc.poll() is None and not last_trial_reports(tmp_path / "d" / "tune")
+        ):
             time.sleep(0.2)
     finally:
         if proc.poll() is None:
@@ -325,17 +328,6 @@ def test_study_joins_a_ray_head_started_with_ray_start(ray_head, tmp_path):
     assert {json.loads(c)["device"] for c in trials["config"]} == {"cpu"}  # --device cpu is kept
 
 
-def _last_results(folder: Path) -> dict[str, dict]:
-    """The last reported row of every trial that reported, by trial id."""
-    rows = {}
-    for path in folder.glob("ray/*/result.json"):
-        lines = path.read_text().splitlines()
-        if lines:
-            row = json.loads(lines[-1])
-            rows[row["trial_id"]] = row
-    return rows
-
-
 def _saved_trial_statuses(folder: Path) -> dict[str, str]:
     """Tune's status of every trial in its newest saved experiment state (what a resume restores)."""
     states = sorted(folder.glob("ray/experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
@@ -378,7 +370,7 @@ def test_interrupted_study_resumes_without_losing_or_repeating_trials(tmp_path, 
     while time.time() < deadline and proc.poll() is None:
         saved = _saved_trial_statuses(folder)
         ended = [trial_id for trial_id, status in saved.items() if status == "TERMINATED"]
-        rows = _last_results(folder) if 2 <= len(ended) < 4 else {}
+        rows = last_trial_reports(folder) if 2 <= len(ended) < 4 else {}
         if rows and all(trial_id in rows for trial_id in ended):
             finished_before = {trial_id: rows[trial_id] for trial_id in ended}
             break
