@@ -95,9 +95,14 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, path: Path, top:
         curve = epochs[epochs["trial_id"] == row.trial_id].sort_values("epoch")
         label = f"#{row.trial} {getattr(row, 'optimizer', '')} lr={getattr(row, 'lr', math.nan):.2g}"
         ax.plot(curve["epoch"], curve["val_acc"], marker="o", label=label)
-    # a small study may have fewer completed trials than ``top``: say how many are drawn
-    shown = f"the top {top}" if len(best) >= top else f"all {len(best)}"
-    ax.set(title=f"Learning curves of {shown} completed trials", xlabel="epoch", ylabel="validation accuracy")
+    # a small study may have fewer completed trials than ``top``, or none: say how many are drawn
+    if len(best) >= top:
+        shown = f"of the top {top} completed trials"
+    elif len(best):
+        shown = f"of all {len(best)} completed trials"
+    else:
+        shown = "(none completed)"
+    ax.set(title=f"Learning curves {shown}", xlabel="epoch", ylabel="validation accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole, as in the sweep figures
     if len(best):
         ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
