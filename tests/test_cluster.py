@@ -24,9 +24,9 @@ from study.common.cluster import (
     check_bind,
     choose_dashboard_port,
     is_loopback,
-    map_on_ray,
     ray_session,
 )
+from study.common.executor import map_on_ray
 from tests.conftest import RUN_LIMIT_S, run_bounded
 
 

@@ -21,12 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from lenet_core.errors import ConfigError, StudyError
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = ("0.0.0.0", "::")
@@ -37,9 +34,6 @@ PROBE_TIMEOUT_S = 20.0
 GCS_CONNECT_TIMEOUT_MS = 3000
 GCS_CALL_TIMEOUT_S = 5
 LOCAL_NODE_WAIT_S = 5.0
-# Retries of a task after a system failure (its worker or node died); an exception raised by
-# the task's own code is not retried (Ray's retry_exceptions stays off).
-TASK_MAX_RETRIES = 3
 # Ray's switch (meant for macOS and Windows) that makes it take 127.0.0.1 as this machine.
 LOOPBACK_SWITCH_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 AUTH_HINT = "if it uses token auth, set RAY_AUTH_MODE=token"
@@ -539,52 +533,3 @@ def _token_auth_enabled() -> bool:
         return bool(is_token_auth_enabled())
     except Exception:  # older or newer Ray without this module: say nothing
         return False
-
-
-def map_on_ray(
-    fn: Callable[[T, Any], R],
-    items: list[T],
-    *,
-    data: Any,
-    plan: ResourcePlan,
-    label: str,
-    name: Callable[[T], str],
-    on_result: Callable[[T, R], str],
-    already_done: int = 0,
-) -> None:
-    """Run ``fn(item, data)`` for every item as Ray tasks, ``plan.concurrent`` at a time.
-
-    ``data`` goes into the object store once and every task reads it zero-copy. ``on_result``
-    runs in the driver as each task finishes (to save it at once) and returns a progress note.
-    A task whose worker or node dies is run again elsewhere (up to TASK_MAX_RETRIES times);
-    each item's result is taken once, from the attempt that finished. A task that still fails
-    ends the run with a one-line error naming the item.
-    """
-    import ray
-
-    from study.common.console import progress_bar
-
-    if not items:
-        return
-    data_ref = ray.put(data)
-    task = ray.remote(fn).options(
-        num_cpus=plan.cpus_per_trial,
-        num_gpus=plan.gpus_per_trial,
-        max_retries=TASK_MAX_RETRIES,
-        retry_exceptions=False,
-    )
-    queue, pending = list(items), {}
-    with progress_bar(label, len(items) + already_done) as advance:
-        advance("", steps=already_done)
-        while queue or pending:
-            while queue and len(pending) < plan.concurrent:
-                item = queue.pop(0)
-                pending[task.remote(item, data_ref)] = item
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            item = pending.pop(ready[0])
-            try:
-                output = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:
-                reason = str(exc).strip().splitlines()[-1]
-                raise StudyError(f"{name(item)} failed: {reason}") from exc
-            advance(on_result(item, output))

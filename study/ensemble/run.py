@@ -123,7 +123,8 @@ def train_all(
     """Train every spec not already checkpointed in ``folder``, ``plan.concurrent`` at a time,
     and return ``then`` of every model's output by name; ``then`` (the analysis) starts as Ray
     shuts down (``ray_session_then``)."""
-    from study.common.cluster import map_on_ray, ray_session_then
+    from study.common.cluster import ray_session_then
+    from study.common.executor import map_on_ray
 
     outputs, todo = reuse_checkpoints(specs, folder, say)
     # Longest first: the ResNets start at once on their own CPUs while the LeNet members share

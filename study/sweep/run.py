@@ -52,7 +52,8 @@ def run_sweep(
     ``runs`` has one row per planned (condition, seed); rows whose configs are equal (a
     data-fraction's fraction 1 under both budgets) share one trained run and its ``run`` id.
     """
-    from study.common.cluster import map_on_ray, ray_session_then
+    from study.common.cluster import ray_session_then
+    from study.common.executor import map_on_ray
 
     planned = experiment.planned()
     configs = experiment.configs()
