@@ -11,11 +11,12 @@ from typing import Annotated, Any
 import typer
 
 from lenet_core.allocator import keep_freed_memory
+from lenet_core.config import from_dict
 from lenet_core.errors import StudyError
 from study.common.cluster import ClusterOptions
 from study.common.console import console, one_line_errors
-from study.common.files import default_run_name
 from study.common.flags import ConfigFileOption, load_config_file, resolve_config, trial_config_flags
+from study.common.placement import without_placement
 
 app = typer.Typer(
     name="study",
@@ -176,10 +177,25 @@ def train(
 
     Example: study train --dataset digits --epochs 3
     """
-    from study.train import run_train
+    from lenet_core.data import load_dataset
+    from study.api import context_for
+    from study.common.console import print_table
+    from study.stages.train import run_train
 
     config = resolve_config(config_file, overrides)
-    run_train(config, out=out, name=name or default_run_name("train", config.dataset), overwrite=overwrite)
+    data = load_dataset(config.dataset, data_dir=config.data_dir)
+    context = context_for(
+        data,
+        stage="train",
+        out=out,
+        name=name,
+        cluster=None,
+        resume=False,
+        overwrite=overwrite,
+        progress=console().print,
+    )
+    results, _ = run_train(config, context=context)
+    print_table([{k: v for k, v in row.items() if k != "status"} for row in results.history], "history")
 
 
 def main() -> None:
@@ -232,41 +248,40 @@ def tune(
     run.json (with why the study stopped) and the Optuna study optuna.db to OUT/NAME/tune/
     (optuna-dashboard sqlite:///OUT/NAME/tune/optuna.db).
     """
-    from lenet_core.data import load_dataset
+    from study import api
     from study.common.console import print_table
-    from study.tune.optuna_store import OPTUNA_FILE, storage_url
-    from study.tune.run import TuneSettings, parse_duration, run_study
-    from study.tune.space import default_space, load_space, split_base_and_space
-    from study.tune.tables import status_counts
+    from study.common.selection import SELECTION_METRIC
+    from study.stages.tune.optuna_store import storage_url
+    from study.stages.tune.results import OPTUNA_FILE
+    from study.stages.tune.run import parse_duration
+    from study.stages.tune.tables import ranked, status_counts
 
-    settings = TuneSettings(
+    if resume and not name:
+        raise StudyError("--resume needs the --name of the study to continue")
+    file_values = load_config_file(config_file) if config_file else {}
+    say = console().print
+    results = api.tune(
+        fixed=overrides,
+        space=space_file,
+        config=file_values or None,
         trials=trials,
         scheduler=scheduler,
         time_budget_s=parse_duration(time_budget) if time_budget is not None else None,
-    )
-    if resume and not name:
-        raise StudyError("--resume needs the --name of the study to continue")
-    space = load_space(space_file) if space_file else default_space()
-    file_values = load_config_file(config_file) if config_file else {}
-    base, space = split_base_and_space(space, file_values, overrides)
-    data = load_dataset(base.dataset, data_dir=base.data_dir)
-    say = console().print
-    trials_frame, _, folder = run_study(
-        base=base,
-        space=space,
-        settings=settings,
-        cluster=cluster,
-        data=data,
         out=out,
-        name=name or default_run_name("tune", data.name),
+        name=name,
+        cluster=cluster,
         resume=resume,
         overwrite=overwrite,
-        say=say,
+        progress=say,
     )
+    trials_frame = results.trials
     say(f"statuses: {status_counts(trials_frame)}")
-    top = trials_frame.sort_values("best_val_acc", ascending=False).head(5)
-    shown = [c for c in ["trial", *space.params, "status", "best_val_acc", "test_acc"] if c in top]
-    print_table(top[shown], "top trials by best validation accuracy (test accuracy: — if never tested)")
+    top = ranked(trials_frame).head(5)
+    shown = [c for c in ["trial", *results.space.params, "status", SELECTION_METRIC, "test_acc"] if c in top]
+    print_table(
+        top[shown], f"top completed trials by {SELECTION_METRIC} (test accuracy is never used to select)"
+    )
+    folder = results.folder or out
     say(f"results -> {folder}")
     say(f"Optuna study {folder.parent.name!r}: optuna-dashboard {storage_url(folder / OPTUNA_FILE)}")
 
@@ -339,45 +354,28 @@ def ensemble(
     comparison (intervals, calibration), McNemar tests, predictions, per-class errors and figures
     to OUT/NAME/ensemble/.
     """
-    from lenet_core.data import load_dataset
-    from study.ensemble.run import EnsemblePlan, config_from_best, find_best_json, run_ensemble, top_k_configs
+    from study import api
 
-    if members < 2:
-        raise StudyError(f"--members must be >= 2 for a vote, got {members}")
     if from_dir is not None and config_file is not None:
         raise StudyError("give --from or --config, not both")
-    best_path = find_best_json(from_dir) if from_dir is not None else config_file
-    file_values = config_from_best(best_path) if best_path is not None else {}
-    base = resolve_config(None, {**file_values, **overrides})
-    if top_k is not None:
-        if top_k < 1 or best_path is None:
-            raise StudyError("--top-k needs K >= 1 and a tune study (--from or --config best.json)")
-        configs = top_k_configs(best_path, top_k, overrides)
-    else:
-        configs = [base]
-    if any(c.model != "lenet5" for c in configs):
-        raise StudyError("ensemble members are LeNet-5; use --resnet for the ResNet baseline")
-    data = load_dataset(base.dataset, data_dir=base.data_dir)
-    plan = EnsemblePlan(
+    file_values = load_config_file(config_file) if config_file is not None else {}
+    api.ensemble(
+        config=from_dict(without_placement(file_values), source=str(config_file)) if file_values else None,
+        fixed=overrides,
+        from_study=from_dir,
+        top_k=top_k,
         members=members,
         repeats=repeats,
         resample=resample,
         resnet=resnet,
         resnet_precision=resnet_precision,
         resnet_epochs=resnet_epochs,
-    )
-    plan.specs(configs, base)  # bad --members, --repeats, --resample, --resnet: before loading data
-    run_ensemble(
-        configs,
-        base=base,
-        plan=plan,
-        data=data,
-        cluster=cluster,
         out=out,
-        name=name or default_run_name("ensemble", data.name),
+        name=name,
+        cluster=cluster,
         resume=resume,
         overwrite=overwrite,
-        say=console().print,
+        progress=console().print,
     )
 
 
@@ -498,27 +496,19 @@ def run(
     Writes tables (parquet + CSV), per-epoch curves, summaries and figures to OUT/NAME/, and
     OUT/NAME/REPORT.md (as study report does).
     """
-    from lenet_core.data import load_dataset
-    from study.experiments import execute, load_experiment
-    from study.writeup import write_report
+    from study import api
 
-    experiment = load_experiment(experiment_file)
-    if smoke:
-        experiment = experiment.smoke()
-    experiment = experiment.with_overrides(overrides)
-    base = experiment.base_config()
-    data = load_dataset(base.dataset, data_dir=base.data_dir)
-    root = execute(
-        experiment,
-        data=data,
-        cluster=cluster,
+    api.run_experiment(
+        experiment_file,
+        smoke=smoke,
+        fixed=overrides,
         out=out,
-        name=name or experiment.name,
+        name=name,
+        cluster=cluster,
         resume=resume,
         overwrite=overwrite,
-        say=console().print,
+        progress=console().print,
     )
-    console().print(f"results -> {root}; report -> {write_report(root)}")
 
 
 @app.command()

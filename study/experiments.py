@@ -75,8 +75,9 @@ from pathlib import Path
 from typing import Any
 
 from lenet_core.config import FIELD_NAMES, TrialConfig, from_dict
-from lenet_core.data import ImageData
 from lenet_core.errors import ConfigError, StudyError
+from study.common.context import RunContext
+from study.stages.sweep.plan import Planned, SweepPlan
 
 KINDS = ("sweep", "data-fraction", "tune", "ensemble", "tune-ensemble")
 CURVES = ("train_loss", "val_loss", "val_acc", "train_acc", "test_error", "test_acc")
@@ -116,14 +117,6 @@ REFERENCE_KEYS = {"test_acc": float, "source": str, "note": str}
 SMOKE = {"epochs": 1, "seeds": 1, "trials": 2, "members": 2, "values": 2}
 EQUAL_STEPS, EQUAL_EPOCHS = "equal_steps", "equal_epochs"
 CONDITION = "condition"  # the column naming the one condition of a sweep without [sweep]
-
-
-@dataclass(frozen=True)
-class Planned:
-    """One row of the runs table: the condition's column values and the config that runs it."""
-
-    labels: dict[str, Any]
-    config: TrialConfig
 
 
 @dataclass(frozen=True)
@@ -196,7 +189,7 @@ class Experiment:
                 raise ConfigError(f"{where}: {exc}") from exc
 
     def ensemble_plan(self) -> Any:
-        from study.ensemble.run import EnsemblePlan
+        from study.stages.ensemble.run import EnsemblePlan
 
         return EnsemblePlan(
             members=self.members,
@@ -282,6 +275,26 @@ class Experiment:
         """Columns the summary compares within (each budget's fractions apart), else none."""
         return ["budget"] if self.kind == "data-fraction" else []
 
+    def sweep_plan(self) -> SweepPlan:
+        """What the sweep stage trains and how it cuts its tables (kinds sweep, data-fraction)."""
+        return SweepPlan(
+            name=self.name,
+            kind=self.kind,
+            planned=tuple(self.planned()),
+            swept=tuple(self.swept_fields()),
+            within=tuple(self.within()),
+            description=self.description,
+            curve=self.curve,
+            select=self.select,
+            compare_at=dict(self.compare_at),
+            reference=dict(self.reference),
+            file=self.as_file(),
+        )
+
+    def as_file(self) -> dict[str, Any]:
+        """The experiment as run (every key, defaults filled in), for run.json and the report."""
+        return {k: v for k, v in vars(self).items() if k != "name"}
+
 
 def _fewest(values: list[Any], *, keep: Any) -> list[Any]:
     """At most SMOKE["values"] of ``values``, in file order: ``keep`` if listed, the first, the last."""
@@ -325,7 +338,7 @@ def parse_experiment(raw: dict[str, Any], *, name: str) -> Experiment:
         raise ConfigError(f"{where}: fractions must be a non-empty list of numbers in (0, 1]")
     _check_anchor(experiment, where)
     if kind in TUNED:
-        from study.tune.space import parse_space
+        from study.stages.tune.space import parse_space
 
         parse_space({"space": experiment.space, "fixed": experiment.fixed}, source=where)
     experiment.check()
@@ -451,95 +464,62 @@ def _check_types(values: dict[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: {key} must be >= 1, got {value}")
 
 
-def execute(
-    experiment: Experiment,
-    *,
-    data: ImageData,
-    cluster: Any,
-    out: Path,
-    name: str,
-    resume: bool = False,
-    overwrite: bool = False,
-    say: Any = print,
-) -> Path:
-    """Run an experiment of any kind through its stage; write its tables, figures and ``run.json``."""
-    from study.common.files import write_provenance
+def execute(experiment: Experiment, *, context: RunContext) -> Path:
+    """Run an experiment of any kind through its stage; each stage writes its tables, figures and
+    ``run.json``, and the experiment's own ``run.json`` (with the file as run) goes in OUT/NAME."""
+    from study.common.files import provenance
+    from study.common.results import write_run_info
 
-    stage = {
-        "tune": _run_tune,
-        "ensemble": _run_ensemble,
-        "tune-ensemble": _run_tune_then_ensemble,
-    }.get(experiment.kind, _run_sweep)
-    stage(
-        experiment,
-        data=data,
-        cluster=cluster,
-        out=out,
-        name=name,
-        resume=resume,
-        overwrite=overwrite,
-        say=say,
+    if experiment.kind in ("sweep", "data-fraction"):
+        from study.stages.sweep.run import run_sweep
+
+        run_sweep(experiment.sweep_plan(), context=context)  # its run.json is the experiment's
+        return context.root
+    stage = {"tune": _run_tune, "ensemble": _run_ensemble, "tune-ensemble": _run_tune_then_ensemble}
+    stage[experiment.kind](experiment, context)
+    write_run_info(
+        context.root,
+        provenance(
+            context.data,
+            kind=experiment.kind,
+            experiment=experiment.name,
+            description=experiment.description,
+            file=experiment.as_file(),
+        ),
     )
-    root = out / name
-    write_provenance(
-        root,
-        data=data,
-        extra={
-            "kind": experiment.kind,
-            "experiment": experiment.name,
-            "description": experiment.description,
-            "file": {k: v for k, v in vars(experiment).items() if k != "name"},
-        },
-    )
-    return root
+    return context.root
 
 
-def _run_tune(experiment: Experiment, *, data: ImageData, **run: Any) -> None:
-    from study.tune.run import TuneSettings, run_study
-    from study.tune.space import parse_space, split_base_and_space
+def _run_tune(experiment: Experiment, context: RunContext) -> None:
+    from study.stages.tune.run import TuneSettings, run_study
+    from study.stages.tune.space import parse_space, split_base_and_space
 
     space = parse_space({"space": experiment.space, "fixed": {}}, source=f"{experiment.name}.toml")
     base, space = split_base_and_space(space, {}, experiment.fixed)
-    run_study(base=base, space=space, settings=TuneSettings(trials=experiment.trials), data=data, **run)
+    run_study(base=base, space=space, settings=TuneSettings(trials=experiment.trials), context=context)
 
 
-def _run_tune_then_ensemble(
-    experiment: Experiment, *, data: ImageData, out: Path, name: str, resume: bool, **run: Any
-) -> None:
+def _run_tune_then_ensemble(experiment: Experiment, context: RunContext) -> None:
     """The study, then an ensemble of its best config: ``study tune`` + ``study ensemble --from``."""
-    from study.ensemble.run import config_from_best, run_ensemble
-    from study.tune.run import study_state
+    from study.stages.ensemble.run import run_ensemble
+    from study.stages.tune.results import TuneResults
+    from study.stages.tune.run import STAGE, study_state
 
-    tune_folder = out / name / "tune"
-    state = study_state(tune_folder) if resume else "absent"
+    tune_folder = context.root / STAGE
+    state = study_state(tune_folder) if context.resume else "absent"
     if state == "ended":
-        run["say"](f"tune: the study in {tune_folder} has ended; its best config is reused")
+        context.progress(f"tune: the study in {tune_folder} has ended; its best config is reused")
     else:
-        _run_tune(experiment, data=data, out=out, name=name, resume=state == "started", **run)
-    best = tune_folder / "best.json"
-    if not best.is_file():
+        _run_tune(experiment, context.but(resume=state == "started"))
+    best = TuneResults.read(tune_folder).best_config
+    if best is None:
         raise StudyError(f"{tune_folder}: no trial completed, so there is no tuned config to ensemble")
-    config = from_dict(config_from_best(best), source=str(best))
-    run_ensemble(
-        [config],
-        base=config,
-        plan=experiment.ensemble_plan(),
-        data=data,
-        out=out,
-        name=name,
-        resume=resume,
-        **run,
-    )
+    config = best.replace(device="auto", threads=0)  # members run where Ray places them
+    run_ensemble([config], base=config, plan=experiment.ensemble_plan(), context=context)
 
 
-def _run_ensemble(experiment: Experiment, *, data: ImageData, **run: Any) -> None:
-    from study.ensemble.run import run_ensemble
+def _run_ensemble(experiment: Experiment, context: RunContext) -> None:
+    from study.stages.ensemble.run import run_ensemble
 
     base = experiment.base_config()
-    run_ensemble([base], base=base, plan=experiment.ensemble_plan(), data=data, **run)
-
-
-def _run_sweep(experiment: Experiment, *, data: ImageData, **run: Any) -> None:
-    from study.sweep.run import run_sweep_experiment
-
-    run_sweep_experiment(experiment, data=data, **run)
+    run_ensemble([base], base=base, plan=experiment.ensemble_plan(), context=context)

@@ -51,15 +51,15 @@ def _file(tmp, name, text):
 SWEEP = 'kind = "sweep"\n[sweep]\nlr = [0.1]\n'
 CASES = {
     # train: every numeric flag out of range, unknown names
-    "train lr": (["train", *DIGITS, "--lr", "0"], "--lr must be > 0"),
-    "train batch": (["train", *DIGITS, "--batch-size", "0"], "--batch-size must be >= 1"),
-    "train epochs": (["train", "--dataset", "digits", "--epochs", "-2"], "--epochs must be >= 1"),
-    "train momentum": (["train", *DIGITS, "--momentum", "1.5"], "--momentum must be in"),
-    "train weight decay": (["train", *DIGITS, "--weight-decay", "-1"], "--weight-decay must be >= 0"),
-    "train val fraction": (["train", *DIGITS, "--val-fraction", "0.99"], "--val-fraction"),
-    "train fraction": (["train", *DIGITS, "--train-fraction", "0"], "--train-fraction"),
-    "train threads": (["train", *DIGITS, "--threads", "-1"], "--threads must be >= 0"),
-    "train seed": (["train", *DIGITS, "--seed", "-1"], "--seed must be >= 0"),
+    "train lr": (["train", *DIGITS, "--lr", "0"], "lr must be > 0"),
+    "train batch": (["train", *DIGITS, "--batch-size", "0"], "batch_size must be >= 1"),
+    "train epochs": (["train", "--dataset", "digits", "--epochs", "-2"], "epochs must be >= 1"),
+    "train momentum": (["train", *DIGITS, "--momentum", "1.5"], "momentum must be in"),
+    "train weight decay": (["train", *DIGITS, "--weight-decay", "-1"], "weight_decay must be >= 0"),
+    "train val fraction": (["train", *DIGITS, "--val-fraction", "0.99"], "val_fraction must be in"),
+    "train fraction": (["train", *DIGITS, "--train-fraction", "0"], "train_fraction must be in"),
+    "train threads": (["train", *DIGITS, "--threads", "-1"], "threads must be >= 0"),
+    "train seed": (["train", *DIGITS, "--seed", "-1"], "seed must be >= 0"),
     "unknown dataset": (["train", "--dataset", "cifar10"], "unknown dataset 'cifar10'"),
     "unknown model": (["train", *DIGITS, "--model", "vgg"], "unknown model 'vgg'"),
     "unknown optimizer": (["train", *DIGITS, "--optimizer", "lion"], "unknown optimizer 'lion'"),
@@ -161,7 +161,7 @@ CASES = {
         ["run", '{file:e.toml:kind = "tune"\n[space]\nlr = { low = 1.0, high = 0.1 }\n}'],
         "range reversed",
     ),
-    "run bad value": (["run", '{file:e.toml:kind = "sweep"\n[sweep]\nlr = [-0.1]\n}'], "--lr must be > 0"),
+    "run bad value": (["run", '{file:e.toml:kind = "sweep"\n[sweep]\nlr = [-0.1]\n}'], "lr must be > 0"),
     # report
     "report missing": (["report", "{tmp}/none"], "is not a results folder"),
     "report empty": (["report", "{tmp}"], "holds no tune, ensemble, train or experiment"),

@@ -12,11 +12,14 @@ import pytest
 import torch
 import torchvision.datasets
 
-import lenet_core.data
+import lenet_core.data.idx
+from lenet_core.config import TrialConfig
 from lenet_core.data import (
     AUGMENTATION_STEPS,
+    ImageData,
     augment_batch,
     bootstrap_indices,
+    default_cache_dir,
     load_dataset,
     read_idx,
     stratified_split,
@@ -24,6 +27,7 @@ from lenet_core.data import (
 )
 from lenet_core.errors import DataError
 from lenet_core.names import AUGMENTATIONS
+from lenet_core.train import trial_split
 
 from .conftest import SHARED_MNIST, idx_bytes, write_idx_set
 
@@ -159,7 +163,9 @@ def test_offline_without_local_copy_names_data_dir_and_digits(tmp_path):
     with pytest.raises(DataError) as info:
         load_dataset("mnist", cache_dir=tmp_path, download=False)
     message = str(info.value)
-    assert "--data-dir" in message and "--dataset digits" in message and str(tmp_path) in message
+    assert "data_dir=" in message and "'digits'" in message and str(tmp_path) in message
+    # A library error: it names what a caller can pass, no CLI flag and no developer's folder.
+    assert "--" not in message and "shared/data" not in message
 
 
 def test_failed_download_through_torchvision_is_one_line(tmp_path, monkeypatch):
@@ -167,7 +173,7 @@ def test_failed_download_through_torchvision_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     with pytest.raises(DataError, match="download failed") as info:
         load_dataset("mnist", cache_dir=tmp_path / "cache")
-    assert "\n" not in str(info.value) and "--dataset digits" in str(info.value)
+    assert "\n" not in str(info.value) and "'digits'" in str(info.value) and "--" not in str(info.value)
 
 
 def test_downloaded_copy_in_cache_is_found(tmp_path):
@@ -227,9 +233,12 @@ def test_cached_split_equals_scikit_learns_and_survives_damage(digits, tmp_path)
 
 
 def test_a_warm_split_cache_spares_importing_scikit_learn(tmp_path):
-    """A trial's split is drawn by scikit-learn once; later trials read it (no second of import)."""
+    """A trial's split is drawn by scikit-learn once; later trials read it (no second of import).
+    The cache is the folder the ImageData carries, whatever $LENET_STUDY_DATA says."""
+    cache, decoy = tmp_path / "cache", tmp_path / "env"
     script = (
         "import sys\n"
+        "from pathlib import Path\n"
         "from lenet_core.config import TrialConfig\n"
         "from lenet_core.train import trial_split\n"
         "from lenet_core.data import ImageData\n"
@@ -237,20 +246,24 @@ def test_a_warm_split_cache_spares_importing_scikit_learn(tmp_path):
         "labels = np.repeat(np.arange(10, dtype=np.int64), 50)\n"
         "images = np.zeros((500, 28, 28), np.uint8)\n"
         "data = ImageData(name='mnist', train_images=images, train_labels=labels, test_images=images[:10],\n"
-        "    test_labels=labels[:10], source='t', checksum='c', mean=0.1, std=0.3)\n"
+        "    test_labels=labels[:10], source='t', checksum='c', mean=0.1, std=0.3,\n"
+        "    cache_dir=Path(sys.argv[1]))\n"
         "train, val = trial_split(data, TrialConfig(dataset='mnist', train_fraction=0.5))\n"
         "print(len(train), len(val), 'sklearn' in sys.modules)\n"
     )
-    env = {**os.environ, "LENET_STUDY_DATA": str(tmp_path)}
+    env = {**os.environ, "LENET_STUDY_DATA": str(decoy)}
     runs = [
-        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+        subprocess.run(
+            [sys.executable, "-c", script, str(cache)], capture_output=True, text=True, env=env, timeout=120
+        )
         for _ in range(2)
     ]
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr + runs[1].stderr
     cold, warm = (r.stdout.split() for r in runs)
     assert cold == ["225", "50", "True"]  # 450 kept, half of them trained on; 50 validation
     assert warm == ["225", "50", "False"]
-    assert len(list((tmp_path / "splits").glob("*.npz"))) == 2  # the validation split and the subset
+    assert len(list((cache / "splits").glob("*.npz"))) == 2  # the validation split and the subset
+    assert not decoy.exists()
 
 
 def test_bootstrap_returns_in_bag_with_replacement_and_out_of_bag():
@@ -363,7 +376,7 @@ def test_warm_load_neither_decompresses_nor_hashes_nor_recomputes(tmp_path, monk
     def forbidden(*args, **kwargs):
         raise AssertionError("a warm load must not decode or hash the sources")
 
-    monkeypatch.setattr(lenet_core.data, "read_idx", forbidden)
+    monkeypatch.setattr(lenet_core.data.idx, "read_idx", forbidden)
     monkeypatch.setattr(gzip, "decompress", forbidden)
     monkeypatch.setattr(hashlib, "sha256", forbidden)
     _assert_same_data(load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=cache), cold)
@@ -457,3 +470,96 @@ def test_fashion_class_names_are_torchvisions_in_label_order():
     from lenet_core.names import CLASS_NAMES
 
     assert list(CLASS_NAMES["fashion-mnist"]) == FashionMNIST.classes
+
+
+# ----------------------------------------------------------------- caches are explicit
+
+SPLIT_CONFIG = {"val_fraction": 0.5, "train_fraction": 0.5}  # two split-cache entries per trial
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_cache_dir_none_writes_nothing_anywhere(tmp_path, monkeypatch):
+    """No decoded arrays, no split, no download: not in the env var's folder, not under HOME, and
+    no cache write (they all publish through a temp file or folder) happens at all."""
+    write_idx_set(tmp_path / "data", gz=True)
+    env, home = tmp_path / "env", tmp_path / "home"
+    monkeypatch.setenv("LENET_STUDY_DATA", str(env))
+    monkeypatch.setenv("HOME", str(home))
+    before = _tree(tmp_path)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("cache_dir=None must write no cache entry")
+
+    monkeypatch.setattr("tempfile.mkdtemp", forbidden)
+    monkeypatch.setattr("tempfile.mkstemp", forbidden)
+    mnist = load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=None)
+    digits = load_dataset("digits", cache_dir=None)
+    assert mnist.cache_dir is None and digits.cache_dir is None
+    train, val = trial_split(mnist, TrialConfig(dataset="mnist", **SPLIT_CONFIG))
+    assert len(train) == 10 and len(val) == 20  # the split itself is drawn all the same
+    trial_split(digits, TrialConfig(dataset="digits", **SPLIT_CONFIG))
+    with pytest.raises(DataError, match="cache_dir=None leaves no folder to download into") as info:
+        load_dataset("mnist", cache_dir=None)  # refused before any download is tried
+    assert "data_dir=" in str(info.value)
+    assert _tree(tmp_path) == before
+
+
+def test_an_explicit_cache_dir_receives_every_entry(tmp_path, monkeypatch):
+    write_idx_set(tmp_path / "data")
+    cache, env = tmp_path / "cache", tmp_path / "env"
+    monkeypatch.setenv("LENET_STUDY_DATA", str(env))
+    data = load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=cache)
+    assert data.cache_dir == cache
+    assert len(_entries(cache)) == 1  # the decoded arrays
+    trial_split(data, TrialConfig(dataset="mnist", **SPLIT_CONFIG))
+    assert len(list((cache / "splits").glob("*.npz"))) == 2  # the validation split and the subset
+    digits = load_dataset("digits", cache_dir=str(cache))  # a str is a folder too
+    assert digits.cache_dir == cache
+    trial_split(digits, TrialConfig(dataset="digits", **SPLIT_CONFIG))
+    assert len(list((cache / "splits").glob("*.npz"))) == 4
+    assert not env.exists()
+    # Without the decoded cache the splits still go to cache_dir: only the arrays are not kept.
+    other = tmp_path / "other"
+    uncached = load_dataset("mnist", data_dir=tmp_path / "data", cache_dir=other, decoded_cache=False)
+    assert uncached.cache_dir == other and _entries(other) == []
+
+
+def test_only_the_default_resolution_reads_the_environment(tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    monkeypatch.setenv("LENET_STUDY_DATA", str(first))
+    assert default_cache_dir() == first
+    data = load_dataset("digits")  # cache_dir left out: the default, resolved here and only here
+    assert data.cache_dir == first
+    # The folder travels with the data (through pickling, as Ray's object store does); trials read
+    # it there, so a later change of the environment, or a worker's own, does not move the cache.
+    data = pickle.loads(pickle.dumps(data, protocol=5))
+    assert data.cache_dir == first
+    monkeypatch.setenv("LENET_STUDY_DATA", str(second))
+    trial_split(data, TrialConfig(dataset="digits", **SPLIT_CONFIG))
+    assert len(list((first / "splits").glob("*.npz"))) == 2 and not second.exists()
+    monkeypatch.delenv("LENET_STUDY_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "lenet-study" / "data"
+
+
+def test_image_data_built_by_hand_caches_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENET_STUDY_DATA", str(tmp_path / "env"))
+    labels = np.repeat(np.arange(10, dtype=np.int64), 4)
+    images = np.zeros((40, 28, 28), np.uint8)
+    data = ImageData(
+        name="mnist",
+        train_images=images,
+        train_labels=labels,
+        test_images=images[:10],
+        test_labels=labels[:10],
+        source="by hand",
+        checksum="c",
+        mean=0.1,
+        std=0.3,
+    )
+    assert data.cache_dir is None
+    trial_split(data, TrialConfig(dataset="mnist", **SPLIT_CONFIG))
+    assert not (tmp_path / "env").exists()

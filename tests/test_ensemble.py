@@ -12,7 +12,7 @@ from lenet_core.config import TrialConfig
 from lenet_core.errors import ConfigError
 from lenet_core.train import trial_split
 from study.cli import app
-from study.ensemble.members import (
+from study.stages.ensemble.members import (
     UnreadableCheckpoint,
     bagging_indices,
     load_member,
@@ -20,7 +20,7 @@ from study.ensemble.members import (
     save_member,
     train_member,
 )
-from study.ensemble.run import EnsemblePlan
+from study.stages.ensemble.run import EnsemblePlan
 
 runner = CliRunner()
 FAST = TrialConfig(dataset="digits", epochs=1, threads=1)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from lenet_core.errors import ConfigError
 from study.cli import app
 from study.experiments import EQUAL_EPOCHS, EQUAL_STEPS, load_experiment, parse_experiment
-from study.sweep.tables import select_by_validation, selected_view
+from study.stages.sweep.tables import select_by_validation, selected_view
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # name -> (per-epoch figure, rows of the smoke runs table, trained runs); smoke keeps at most 2
@@ -486,7 +486,7 @@ def test_anchor_table_puts_ours_in_bold_among_published_rows_by_accuracy():
         ({"kind": "sweep", "sweep": {"lr": [0.1]}, "trials": 3}, "unknown key 'trials'"),
         ({"kind": "sweep", "sweep": {"learning_rate": [0.1]}}, "unknown key 'learning_rate'"),
         ({"kind": "sweep", "sweep": {"lr": []}}, "non-empty list"),
-        ({"kind": "sweep", "sweep": {"lr": [-1.0]}}, "--lr must be > 0"),
+        ({"kind": "sweep", "sweep": {"lr": [-1.0]}}, "lr must be > 0, got -1.0"),
         ({"kind": "sweep", "sweep": {"lr": [0.1]}, "seeds": "3"}, "seeds must be int"),
         ({"kind": "sweep", "sweep": {"lr": [0.1]}, "seeds": 0}, "seeds must be >= 1"),
         ({"kind": "sweep", "sweep": {"lr": [0.1]}, "fixed": {"lr": 0.2}}, "both fixed and swept"),

@@ -101,8 +101,8 @@ def test_two_hundred_trials_complete_and_driver_memory_stays_flat(tmp_path):
     from lenet_core.config import TrialConfig
     from lenet_core.data import load_dataset
     from study.common.cluster import ClusterOptions
-    from study.tune.run import TuneSettings, run_study
-    from study.tune.space import default_space
+    from study.stages.tune.run import TuneSettings, run_study
+    from study.stages.tune.space import default_space
 
     samples = {}
 

@@ -78,7 +78,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycles_even_through_imports_inside_functions():
     graph = import_graph()
-    assert "study.tune.run" in graph and "study.common.files" in graph["study.tune.run"]
+    assert "study.stages.tune.run" in graph and "study.common.files" in graph["study.stages.tune.run"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 

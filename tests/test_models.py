@@ -23,6 +23,7 @@ from lenet_core.models import (
     max_pool_2x2,
     sum_pool_2x2,
 )
+from lenet_core.status import Status
 
 # Table I of LeCun et al. 1998, written as the paper prints it: rows are S2 maps, columns C3 maps.
 PAPER_TABLE_I = """
@@ -60,6 +61,9 @@ def test_names_module_lists_exactly_the_tables_keys():
     assert names.POOLING_NAMES == tuple(POOLINGS)
     for defaults in names.LENET_VARIANTS.values():
         assert defaults["activation"] in ACTIVATIONS and defaults["pooling"] in POOLINGS
+    # The failed statuses are Status's failed members, as plain strings in the enum's order.
+    assert names.FAILED_STATUSES == tuple(str(s) for s in Status if s.failed) == ("diverged", "collapsed")
+    assert all(type(s) is str for s in names.FAILED_STATUSES)
 
 
 def test_classic_lenet5_has_the_papers_60000_parameters_plus_an_850_parameter_output():

@@ -17,9 +17,9 @@ import pytest
 from lenet_core.config import TrialConfig
 from lenet_core.data import load_dataset
 from study.common.cluster import ClusterOptions
-from study.ensemble.run import EnsemblePlan, run_ensemble
-from study.tune.run import TuneSettings, run_study
-from study.tune.space import parse_space
+from study.stages.ensemble.run import EnsemblePlan, run_ensemble
+from study.stages.tune.run import TuneSettings, run_study
+from study.stages.tune.space import parse_space
 from tests.conftest import RUN_LIMIT_S, last_trial_reports, run_bounded
 
 pytestmark = pytest.mark.slow

@@ -44,13 +44,13 @@ def granted_a_gpu(monkeypatch):
         return FakeResult(config)
 
     monkeypatch.setattr("study.common.placement.current_placement", lambda: GPU)
-    for module in ("study.sweep.run", "study.tune.trial"):  # each stage's worker calls train_trial
+    for module in ("study.stages.sweep.run", "study.stages.tune.trial"):  # each stage's worker calls train_trial
         monkeypatch.setattr(f"{module}.train_trial", fake_train)
     return seen
 
 
 def test_sweep_runs_are_placed_in_the_worker(granted_a_gpu, digits):
-    from study.sweep.run import run_one
+    from study.stages.sweep.run import run_one
 
     output = run_one(TrialConfig(dataset="digits", epochs=1), digits)
     assert (granted_a_gpu[0].device, granted_a_gpu[0].threads) == ("cuda", 3)
@@ -62,7 +62,7 @@ def test_tune_trials_are_placed_in_the_worker_and_report_the_config_they_ran(
 ):
     from ray import tune
 
-    from study.tune.trial import tune_trainable
+    from study.stages.tune.trial import tune_trainable
 
     monkeypatch.setattr(tune, "report", lambda metrics: None)
     tune_trainable({"lr": 0.01}, data=digits, base=TrialConfig(dataset="digits", epochs=1))
@@ -70,7 +70,7 @@ def test_tune_trials_are_placed_in_the_worker_and_report_the_config_they_ran(
 
 
 def test_ensemble_members_are_placed_in_the_worker(granted_a_gpu, digits, monkeypatch):
-    from study.ensemble import run as ensemble_run
+    from study.stages.ensemble import run as ensemble_run
 
     captured = {}
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from lenet_core.errors import ConfigError
-from study.tune.space import default_space, load_space, parse_space
+from study.stages.tune.space import default_space, load_space, parse_space
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

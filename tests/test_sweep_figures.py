@@ -1,4 +1,4 @@
-"""study.sweep.figures: panels that stay readable, bands that stay positive on log axes."""
+"""study.stages.sweep.figures: panels that stay readable, bands that stay positive on log axes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from study.sweep.figures import _seed_band, curves, facet_field, learning_curves
+from study.stages.sweep.figures import _seed_band, curves, facet_field, learning_curves
 
 
 def grid_runs(**values: list) -> pd.DataFrame:

@@ -1,3 +1,6 @@
+import csv
+import io
+import json
 import math
 
 import numpy as np
@@ -7,6 +10,7 @@ import torch
 import lenet_core.train as train_module
 from lenet_core.config import TrialConfig
 from lenet_core.errors import ConfigError
+from lenet_core.status import Status
 from lenet_core.train import (
     COLLAPSE_MARGIN,
     OPTIMIZER_CLASSES,
@@ -18,6 +22,7 @@ from lenet_core.train import (
     model_features,
     predict_logits,
     predict_proba,
+    resolve_device,
     train_trial,
     trial_split,
 )
@@ -83,9 +88,9 @@ def test_training_learns_digits_and_rows_carry_the_final_status_last(digits):
 
 def test_sgd_with_learning_rate_10_diverges_without_crashing(digits):
     result = train_trial(TrialConfig(**{**FAST, "epochs": 3}, optimizer="sgd", lr=10.0), digits)
-    assert result.status == "diverged"
+    assert result.status is Status.DIVERGED
     assert result.epochs_run == 1  # stops at the first epoch whose loss blew up
-    assert result.history[-1]["status"] == "diverged"
+    assert result.history[-1]["status"] is Status.DIVERGED
     loss = result.history[0]["train_loss"]
     assert math.isnan(loss) or loss > 10 * math.log(10)
 
@@ -104,8 +109,9 @@ def test_a_run_stuck_at_chance_is_collapsed(digits):
     result = train_trial(config, digits)
     _, val_labels = val_split(digits, config)
     assert result.val_acc <= majority_fraction(val_labels.numpy()) + COLLAPSE_MARGIN
-    assert result.status == "collapsed"
-    assert [row["status"] for row in result.history] == ["running", "collapsed"]
+    assert result.status is Status.COLLAPSED
+    assert [row["status"] for row in result.history] == [Status.RUNNING, Status.COLLAPSED]
+    assert all(type(row["status"]) is Status for row in result.history)
 
 
 def test_majority_fraction_is_the_most_frequent_label_share():
@@ -122,7 +128,7 @@ def test_report_is_called_every_epoch_and_can_stop(digits):
 
     result = train_trial(TrialConfig(**{**FAST, "epochs": 4}), digits, report=report)
     assert seen == [1, 2]
-    assert result.status == "stopped" and result.epochs_run == 2
+    assert result.status is Status.STOPPED and result.epochs_run == 2
     assert [row["status"] for row in result.history] == ["running", "running"]
     assert math.isfinite(result.test_acc)
 
@@ -272,8 +278,18 @@ def test_bf16_trains_on_cpu_and_is_recorded(digits):
 
 
 def test_fp16_on_cpu_is_refused(digits):
-    with pytest.raises(ConfigError, match="--precision fp16 needs CUDA"):
+    # A library error: it names the field and its values, as a Python caller writes them.
+    with pytest.raises(ConfigError, match=r"^precision 'fp16' needs CUDA \(the device is cpu\)") as info:
         train_trial(TrialConfig(**FAST, precision="fp16"), digits)
+    assert "'bf16'" in str(info.value) and "--" not in str(info.value)
+
+
+def test_cuda_without_a_gpu_is_refused_by_field_name(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="^device 'cuda' asked for, but CUDA sees no GPU") as info:
+        resolve_device("cuda")
+    assert "--" not in str(info.value)
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- inference
@@ -324,3 +340,33 @@ def test_resnet_trains_one_epoch(digits):
 def test_dataset_mismatch_is_refused(digits):
     with pytest.raises(ConfigError, match="dataset 'mnist'"):
         train_trial(TrialConfig(dataset="mnist"), digits)
+
+
+# --------------------------------------------------------------------------- statuses
+
+
+def test_statuses_are_status_members_written_as_plain_text(digits, tmp_path):
+    """History rows and TrialResult.status hold the Status enum (a StrEnum); JSON, CSV and parquet
+    (through pandas or pyarrow alone) hold its text, so readers of the files see plain strings."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reported = []
+    config = TrialConfig(**{**FAST, "epochs": 2}, train_fraction=0.25)
+    result = train_trial(config, digits, report=lambda row: reported.append(row["status"]))
+    assert result.status is Status.COMPLETED
+    assert reported == [Status.RUNNING, Status.COMPLETED]
+    assert [type(row["status"]) for row in result.history] == [Status, Status]
+    assert json.loads(json.dumps(result.summary()))["status"] == "completed"
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(result.history[0]))
+    writer.writeheader()
+    writer.writerows(result.history)
+    assert [row["status"] for row in csv.DictReader(io.StringIO(text.getvalue()))] == ["running", "completed"]
+    pd.DataFrame(result.history).to_parquet(tmp_path / "pandas.parquet", index=False)
+    pq.write_table(pa.Table.from_pylist(result.history), tmp_path / "arrow.parquet")
+    for path in (tmp_path / "pandas.parquet", tmp_path / "arrow.parquet"):
+        column = pq.read_table(path).column("status")
+        assert pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        assert column.to_pylist() == ["running", "completed"]

@@ -167,8 +167,8 @@ def test_a_process_already_running_ray_cannot_join_another_cluster(tmp_path):
 
 
 def test_first_trial_is_the_default_config_when_the_space_holds_it():
-    from study.tune.run import default_point
-    from study.tune.space import default_space, parse_space
+    from study.stages.tune.run import default_point
+    from study.stages.tune.space import default_space, parse_space
 
     base = TrialConfig(dataset="digits", epochs=1)
     assert default_point(base, default_space()) == [
@@ -183,7 +183,7 @@ def test_first_trial_is_the_default_config_when_the_space_holds_it():
 
 
 def test_config_file_fills_only_unsearched_fields_and_flags_fix_searched_ones():
-    from study.tune.space import default_space, split_base_and_space
+    from study.stages.tune.space import default_space, split_base_and_space
 
     best = {
         "dataset": "digits",

@@ -1,4 +1,4 @@
-"""study.tune.figures: the learning-curve figure says how many trials it draws, on whole epochs."""
+"""study.stages.tune.figures: the learning-curve figure says how many trials it draws, on whole epochs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-import study.tune.figures as figures
+import study.stages.tune.figures as figures
 
 
 def study_tables(completed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

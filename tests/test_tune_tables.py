@@ -1,11 +1,11 @@
-"""study.tune.tables: a trial's status from its last result, and the rows of its last attempt."""
+"""study.stages.tune.tables: a trial's status from its last result, and the rows of its last attempt."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from study.tune.tables import last_attempt, trial_status
+from study.stages.tune.tables import last_attempt, trial_status
 
 
 @pytest.mark.parametrize(

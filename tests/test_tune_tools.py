@@ -119,8 +119,8 @@ def test_optuna_storage_reproduces_the_trials_table(study):
 def test_resume_rebuilds_the_optuna_storage_without_duplicates(study, tmp_path):
     copy = tmp_path / "tools"
     shutil.copytree(study.folder.parent, copy)
-    from study.tune.optuna_store import OPTUNA_FILE, write_optuna_study
-    from study.tune.space import default_space
+    from study.stages.tune.optuna_store import OPTUNA_FILE, write_optuna_study
+    from study.stages.tune.space import default_space
 
     for _ in range(2):  # the writer alone, twice
         write_optuna_study(
@@ -185,9 +185,9 @@ def test_files_written_beside_ray_shutdown_are_complete_and_their_errors_surface
     """The study's files are written in a thread while Ray shuts down; run_study returns only
     once they are all there, and a failure to write one is raised, not lost in the thread."""
     from study.common.cluster import ClusterOptions
-    from study.tune import figures
-    from study.tune.run import TuneSettings, run_study
-    from study.tune.space import parse_space
+    from study.stages.tune import figures
+    from study.stages.tune.run import TuneSettings, run_study
+    from study.stages.tune.space import parse_space
 
     space = parse_space({"space": {"lr": {"low": 1e-3, "high": 1e-2, "log": True}}}, source="test")
     kwargs = dict(
@@ -250,7 +250,7 @@ def test_bad_time_budget_exits_2_with_one_line(text, tmp_path):
 
 
 def test_time_budget_values():
-    from study.tune.run import parse_duration
+    from study.stages.tune.run import parse_duration
 
     assert [parse_duration(t) for t in ("90", "90s", "30m", "1h", "1h30m", "2.5", "0.5h")] == [
         90,
@@ -269,7 +269,7 @@ def fake_trial(trial_id: str, tune_status: str, last: dict | None = None) -> Sim
 
 
 def test_progress_clock_counts_from_the_study_start_not_the_first_result():
-    from study.tune.progress import TrialProgress
+    from study.stages.tune.progress import TrialProgress
 
     hour_ago = time.monotonic() - 3665  # the study started 1:01:05 ago (Ray's start included)
     trial = fake_trial("abc", "RUNNING")

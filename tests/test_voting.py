@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from study.common.stats import mcnemar_exact
-from study.ensemble.voting import (
+from study.stages.ensemble.voting import (
     accuracy_as_members_are_added,
     hard_vote,
     mean_pairwise_disagreement,

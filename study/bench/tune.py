@@ -181,8 +181,8 @@ def tune_overhead(data: ImageData, settings: BenchSettings) -> dict[str, Any]:
     """A real 2-at-a-time study in this process: overhead per trial, time to first step, CPU
     use, memory, and whether every trial read the dataset zero-copy."""
     from study.common.cluster import ClusterOptions
-    from study.tune.run import TuneSettings, run_study
-    from study.tune.space import parse_space
+    from study.stages.tune.run import TuneSettings, run_study
+    from study.stages.tune.space import parse_space
 
     space = parse_space(
         {

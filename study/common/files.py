@@ -317,23 +317,21 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def write_provenance(folder: Path, *, data: Any, extra: dict[str, Any] | None = None) -> None:
-    """``run.json``: the exact command, library versions, data checksum and machine of a run."""
+def provenance(data: Any, **extra: Any) -> dict[str, Any]:
+    """What ``run.json`` holds: the exact command, library versions, data checksum and machine of
+    a run, and what the stage adds (its kind, how it ended). Each stage's results type writes it."""
     import shlex
     import sys
 
     from lenet_core.train import library_versions
 
-    write_json(
-        folder / "run.json",
-        {
-            "command": "study " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            "finished": datetime.now().isoformat(timespec="seconds"),
-            "dataset": data.name,
-            "data_source": data.source,
-            "data_checksum": data.checksum,
-            "versions": library_versions(),
-            "machine": machine_info(),
-            **(extra or {}),
-        },
-    )
+    return {
+        "command": "study " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "finished": datetime.now().isoformat(timespec="seconds"),
+        "dataset": data.name,
+        "data_source": data.source,
+        "data_checksum": data.checksum,
+        "versions": library_versions(),
+        "machine": machine_info(),
+        **extra,
+    }

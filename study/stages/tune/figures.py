@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from study.common.files import save_figure
-from study.tune.tables import completed
+from study.stages.tune.tables import completed
 
 STATUS_MARKERS = {"completed": "o", "pruned": "x", "diverged": "v", "collapsed": "^", "errored": "s"}
 

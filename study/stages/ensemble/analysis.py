@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from lenet_core.data import ImageData
-from study.common.files import write_json, write_table
+from study.common.results import expand_configs
+from study.common.selection import SELECTION_METRIC
 from study.common.stats import (
     brier,
     describe,
@@ -28,8 +29,9 @@ from study.common.stats import (
     nll,
     wilson_interval,
 )
-from study.ensemble.members import MemberOutput
-from study.ensemble.voting import (
+from study.stages.ensemble.members import MemberOutput
+from study.stages.ensemble.results import GROUP_LABELS, EnsembleResults
+from study.stages.ensemble.voting import (
     accuracy,
     accuracy_as_members_are_added,
     hard_vote,
@@ -39,8 +41,6 @@ from study.ensemble.voting import (
     soft_vote,
     vote_share,
 )
-
-GROUP_LABELS = {"seed": "seed ensemble", "bagged": "bagged"}
 
 
 @dataclass
@@ -170,7 +170,7 @@ def comparison_table(
 
 def best_member(members: list[MemberOutput]) -> MemberOutput:
     """The member with the highest validation accuracy: every member shares one validation set."""
-    return max(members, key=lambda m: m.summary["val_acc"])
+    return max(members, key=lambda m: m.summary[SELECTION_METRIC])
 
 
 def mcnemar_rows(repeat: Repeat, labels: np.ndarray) -> list[dict[str, Any]]:
@@ -309,7 +309,7 @@ def members_table(outputs: list[MemberOutput]) -> pd.DataFrame:
                 "seed": m.spec.config.seed,
                 "bootstrap_seed": m.spec.bootstrap_seed,
                 "status": m.summary.get("status"),
-                "val_acc": m.summary.get("val_acc"),
+                SELECTION_METRIC: m.summary.get(SELECTION_METRIC),
                 "test_acc": m.summary.get("test_acc"),
                 "training_seconds": m.summary.get("training_seconds"),
                 "epochs_run": m.summary.get("epochs_run"),
@@ -325,22 +325,9 @@ def members_table(outputs: list[MemberOutput]) -> pd.DataFrame:
     )
 
 
-def summary_lines(comparison: pd.DataFrame, mcnemar: pd.DataFrame) -> list[str]:
-    """What the console prints: each model's accuracy with its interval, then the tests."""
-    lines = [
-        f"{r.model}: test accuracy {r.test_acc:.4f} [{r.ci95_low:.4f}, {r.ci95_high:.4f}] ({r.interval}), "
-        f"ECE {r.ece:.4f}"
-        for r in comparison.itertuples()
-    ]
-    first = mcnemar[mcnemar["repeat"] == mcnemar["repeat"].min()]
-    lines += [f"McNemar (repeat 0) {r.a} vs {r.b}: p = {r.mcnemar_p:.3g}" for r in first.itertuples()]
-    return lines
-
-
-def analyze(outputs: list[MemberOutput], data: ImageData, folder: Path) -> dict[str, Any]:
-    """Write every ensemble table and figure; returns the diversity summary and console lines."""
-    from study.ensemble.figures import write_figures
-
+def analyze(outputs: list[MemberOutput], data: ImageData, *, run: dict[str, Any]) -> EnsembleResults:
+    """Every ensemble table from the trained models: the comparison with intervals, McNemar
+    tests, members, predictions, per-class errors and the diversity summary."""
     labels = data.test_labels
     repeats = split_repeats(outputs)
     per_repeat = pd.DataFrame([row for r in repeats for row in repeat_rows(r, labels)])
@@ -349,37 +336,43 @@ def analyze(outputs: list[MemberOutput], data: ImageData, folder: Path) -> dict[
         for name, group in (("single model", "seed"), ("bagged member", "bagged"))
         if group in repeats[0].groups
     }
-    comparison = comparison_table(per_repeat, member_accs, len(labels))
-    mcnemar = pd.DataFrame([row for r in repeats for row in mcnemar_rows(r, labels)])
-    write_table(members_table(outputs), folder / "members")
-    write_table(per_repeat, folder / "comparison_by_repeat")
-    write_table(comparison, folder / "comparison", markdown=True)
-    write_table(mcnemar, folder / "mcnemar", markdown=True)
-
     first = repeats[0]
-    summary = {
-        "repeats": len(repeats),
-        "members": len(next(iter(first.groups.values()))),
-        "main_group": GROUP_LABELS[main_group(first)],
-        "diversity": diversity(repeats, data),
-        "baseline": first.baseline.spec.config.model if first.baseline else None,
-    }
-    write_json(folder / "diversity.json", summary)
     predictions = predictions_table(first, labels)
-    write_table(predictions, folder / "predictions", csv=False)
-    per_class = per_class_table(predictions, first, data.num_classes)
-    write_table(per_class, folder / "per_class")
+    return EnsembleResults(
+        members=expand_configs(members_table(outputs)),
+        comparison=comparison_table(per_repeat, member_accs, len(labels)),
+        comparison_by_repeat=per_repeat,
+        mcnemar=pd.DataFrame([row for r in repeats for row in mcnemar_rows(r, labels)]),
+        predictions=predictions,
+        per_class=per_class_table(predictions, first, data.num_classes),
+        diversity={
+            "repeats": len(repeats),
+            "members": len(next(iter(first.groups.values()))),
+            "main_group": GROUP_LABELS[main_group(first)],
+            "diversity": diversity(repeats, data),
+            "baseline": first.baseline.spec.config.model if first.baseline else None,
+        },
+        run=run,
+    )
+
+
+def write_figures(
+    outputs: list[MemberOutput], results: EnsembleResults, data: ImageData, folder: Path
+) -> None:
+    """The figures that need the models themselves (weights, probabilities), of the first repeat."""
+    from study.stages.ensemble import figures
+
+    first = split_repeats(outputs)[0]
     group = main_group(first)
-    write_figures(
+    figures.write_figures(
         first,
         data,
         folder,
         group=group,
         label=GROUP_LABELS[group],
         member=best_member(first.groups[group]),
-        diversity=summary["diversity"],
-        comparison=comparison,
-        predictions=predictions,
-        per_class=per_class,
+        diversity=results.diversity["diversity"],
+        comparison=results.comparison,
+        predictions=results.predictions,
+        per_class=results.per_class,
     )
-    return {**summary, "lines": summary_lines(comparison, mcnemar)}

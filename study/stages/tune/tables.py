@@ -14,16 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from lenet_core.config import from_dict
 from lenet_core.data import ImageData
-from lenet_core.names import FAILED_STATUSES
-from lenet_core.train import library_versions
-from study.common.files import write_json
-from study.tune.trial import CONFIG_KEY
+from lenet_core.status import FAILED, Status
+from study.common.selection import SELECTION_METRIC
+from study.stages.tune.trial import CONFIG_KEY
 
-# Statuses of a finished trial; "pruned" means ASHA stopped it early, "unfinished" that the
-# study was interrupted while it ran (a resume runs it again) or cut short by --time-budget.
-FINAL_STATUSES = ("completed", *FAILED_STATUSES)
 MEMORY_COLUMNS = ("worker_rss_mb", "worker_uss_mb", "data_private_mb", "data_zero_copy")
 EPOCH_COLUMNS = [
     "epoch",
@@ -40,7 +35,7 @@ EPOCH_COLUMNS = [
 ]
 
 
-def trial_status(last: dict[str, Any], *, errored: bool) -> str:
+def trial_status(last: dict[str, Any], *, errored: bool) -> Status:
     """completed / diverged / collapsed / pruned / errored / unfinished, from the last result.
 
     The worker's own final status decides first: its last epoch says "completed", "diverged" or
@@ -49,11 +44,11 @@ def trial_status(last: dict[str, Any], *, errored: bool) -> str:
     it. ``done`` on a result the worker did not end means ASHA stopped the trial (pruned).
     """
     if errored:
-        return "errored"
+        return Status.ERRORED
     status = last.get("status")
-    if status in FINAL_STATUSES:
-        return str(status)
-    return "pruned" if last.get("done") else "unfinished"
+    if status in {s.value for s in Status} and Status(status).ended:
+        return Status(status)
+    return Status.PRUNED if last.get("done") else Status.UNFINISHED
 
 
 def last_attempt(history: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -80,12 +75,13 @@ def trial_row(result: Any, *, params: list[str], data: ImageData, fallback_confi
     return {
         "trial_id": trial_id,
         **{name: config.get(name) for name in params},
-        "status": status,
+        "status": str(status),
         "epochs_run": int(metrics.get("epoch", 0) or 0),
-        "best_val_acc": float(history["val_acc"].max()) if has_history else math.nan,
+        # the selection metric: the best epoch's validation accuracy (NaN when it never reported)
+        SELECTION_METRIC: float(history["val_acc"].max()) if has_history else math.nan,
         "final_val_acc": metrics.get("val_acc", math.nan),
         # a pruned trial was never tested: its test accuracy is not a result
-        "test_acc": metrics.get("test_acc", math.nan) if status in FINAL_STATUSES else math.nan,
+        "test_acc": metrics.get("test_acc", math.nan) if status.ended else math.nan,
         "wall_s": metrics.get("time_total_s", math.nan),
         # precise wall-clock times (unix seconds) taken in the worker: which trials overlapped
         "start_time": metrics.get("started_at", math.nan),
@@ -141,37 +137,21 @@ def completed(trials: pd.DataFrame) -> pd.DataFrame:
     Pruned trials stopped at an early epoch, and failed ones (diverged, collapsed) are counted
     and named apart; pooling either with finished trials would compare different things.
     """
-    return trials[trials["status"] == "completed"]
+    return trials[trials["status"] == Status.COMPLETED]
+
+
+def ranked(trials: pd.DataFrame) -> pd.DataFrame:
+    """Completed trials, best first by the selection metric (ties: the earlier trial)."""
+    return completed(trials).sort_values([SELECTION_METRIC, "trial"], ascending=[False, True])
 
 
 def best_trial(trials: pd.DataFrame) -> pd.Series | None:
-    """The completed trial with the highest best validation accuracy (never test accuracy).
+    """The completed trial with the highest selection metric (never test accuracy).
 
     The weights a trial tests are those of its best validation epoch, so that is what ranks it.
     """
-    done = completed(trials)
-    if done.empty:
-        return None
-    return done.sort_values(["best_val_acc", "trial"], ascending=[False, True]).iloc[0]
-
-
-def write_best(folder: Path, best: pd.Series, data: ImageData) -> None:
-    """best.json: the best trial's config as it ran (replay it with `study train --config`)."""
-    config = from_dict(json.loads(best["config"]), source="trials.parquet")
-    write_json(
-        folder / "best.json",
-        {
-            "trial_id": best["trial_id"],
-            "config": config.to_dict(),
-            "metrics": {
-                k: best[k]
-                for k in ("final_val_acc", "best_val_acc", "test_acc", "epochs_run", "wall_s", "images_per_s")
-            },
-            "seed": config.seed,
-            "data_checksum": data.checksum,
-            "versions": library_versions(),
-        },
-    )
+    order = ranked(trials)
+    return None if order.empty else order.iloc[0]
 
 
 GROUP_BY = ("optimizer", "activation", "pooling", "batch_size")
@@ -181,7 +161,7 @@ def group_table(trials: pd.DataFrame, name: str) -> pd.DataFrame:
     """Best validation accuracy of completed trials by one searched value."""
     table = (
         completed(trials)
-        .groupby(name)["best_val_acc"]
+        .groupby(name)[SELECTION_METRIC]
         .agg(trials="count", mean_val_acc="mean", best_val_acc="max")
     )
     return table.sort_values("mean_val_acc", ascending=False)
@@ -194,7 +174,7 @@ def status_counts(trials: pd.DataFrame) -> str:
 def summary_markdown(trials: pd.DataFrame, params: list[str]) -> str:
     """Top 10 trials, failed trials by name, and validation accuracy by each searched categorical."""
     cols = ["trial", *params, "status", "epochs_run", "best_val_acc", "final_val_acc", "test_acc"]
-    top = trials.sort_values("best_val_acc", ascending=False).head(10)[cols]
+    top = trials.sort_values(SELECTION_METRIC, ascending=False).head(10)[cols]
     parts = [
         "# Tune summary",
         "",
@@ -205,7 +185,7 @@ def summary_markdown(trials: pd.DataFrame, params: list[str]) -> str:
         top.to_markdown(index=False, floatfmt=".4g"),
         "",
     ]
-    failed = trials[trials["status"].isin(FAILED_STATUSES)]
+    failed = trials[trials["status"].isin(FAILED)]
     if len(failed):
         parts += [
             "## Failed trials (excluded from every mean and from the best)",

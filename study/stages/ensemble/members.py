@@ -20,9 +20,9 @@ from lenet_core.errors import ConfigError, StudyError
 from lenet_core.train import load_trial_model, predict_proba, train_trial, trial_split
 from study.common.files import load_weights, save_weights, write_json, write_via_temp
 from study.common.placement import without_placement
+from study.stages.ensemble.results import MEMBERS_FOLDER
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "none")
-MEMBERS_FOLDER = "members"
 
 
 RESAMPLES = ("bootstrap", "none")

@@ -29,16 +29,23 @@ from typing import Any
 
 import pandas as pd
 
-OPTUNA_FILE = "optuna.db"
+from lenet_core.status import Status
+from study.common.selection import SELECTION_METRIC
+
 DIRECTION = "maximize"
-VALUE = "best_val_acc"  # what an Optuna trial's value is
+VALUE = SELECTION_METRIC  # what an Optuna trial's value is
+# The Optuna state of every status a trial can have (a test checks that none is missing).
+# "stopped" is a run whose report callback asked it to stop: for a trial that is a scheduler's
+# early stop, as pruned; "running" is a trial seen mid-way, as an unfinished one.
 STATES = {
-    "completed": "COMPLETE",
-    "pruned": "PRUNED",
-    "diverged": "FAIL",
-    "collapsed": "FAIL",
-    "errored": "FAIL",
+    Status.COMPLETED: "COMPLETE",
+    Status.PRUNED: "PRUNED",
+    Status.STOPPED: "PRUNED",
+    Status.DIVERGED: "FAIL",
+    Status.COLLAPSED: "FAIL",
+    Status.ERRORED: "FAIL",
 }
+LIVE = (Status.UNFINISHED, Status.RUNNING)  # RUNNING in an interrupted study, else PRUNED
 
 
 def storage_url(path: Path) -> str:
@@ -55,9 +62,9 @@ def optuna_state(status: str, *, study_ended: bool) -> Any:
     """
     from optuna.trial import TrialState
 
-    if status == "unfinished":
+    if status in LIVE:
         return TrialState.PRUNED if study_ended else TrialState.RUNNING
-    return TrialState[STATES[status]]
+    return TrialState[STATES[Status(status)]]
 
 
 def write_optuna_study(
@@ -87,7 +94,10 @@ def write_optuna_study(
         storage = RDBStorage(storage_url(tmp))
         try:
             study = optuna.create_study(storage=storage, study_name=study_name, direction=DIRECTION)
-            for key, value in {"value": f"{VALUE}: best validation accuracy", **(study_attrs or {})}.items():
+            for key, value in {
+                "value": f"{VALUE}: validation accuracy of the best validation epoch",
+                **(study_attrs or {}),
+            }.items():
                 study.set_user_attr(key, _plain(value))
             study.add_trials(frozen)
         finally:

@@ -20,8 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from study.common.console import clock
-from study.tune.tables import FINAL_STATUSES, trial_status
-from study.tune.trial import METRIC
+from study.stages.tune.tables import trial_status
+from study.stages.tune.trial import METRIC
 
 ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of a trial that will not run again
 
@@ -140,7 +140,7 @@ class TrialProgress(Callback):
         if self.plain:
             last = dict(trial.last_result or {})
             status = trial_status(last, errored=errored)
-            test = last.get("test_acc") if status in FINAL_STATUSES else None  # a pruned trial is untested
+            test = last.get("test_acc") if status.ended else None  # a pruned trial is untested
             self._say(
                 f"trial {trials.index(trial) + 1} ({trial.trial_id}) {status}: best val acc "
                 f"{_number(self.trial_best.get(trial.trial_id))}, test acc {_number(test)} "

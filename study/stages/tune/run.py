@@ -7,6 +7,7 @@ Ray's object store (``tune.with_parameters``), where its uint8 arrays are read z
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -19,17 +20,18 @@ import pandas as pd
 from lenet_core.config import TrialConfig
 from lenet_core.data import ImageData
 from lenet_core.errors import ConfigError, StudyError
-from study.common.cluster import ClusterOptions, ResourcePlan
+from lenet_core.status import Status
+from study.common.cluster import ResourcePlan
 from study.common.console import StudyInterrupted
-from study.common.files import read_json, write_json
-from study.tune.space import SearchSpace, sampled_config
-from study.tune.trial import METRIC, MODE, tune_trainable
+from study.common.context import RunContext
+from study.common.files import provenance, read_json, write_json
+from study.common.results import read_run_info
+from study.stages.tune.results import RAY_FOLDER, STUDY_FILE, StudyEnd, TuneResults, duration_text
+from study.stages.tune.space import SearchSpace, sampled_config
+from study.stages.tune.trial import METRIC, MODE, tune_trainable
 
 SCHEDULERS = ("asha", "none")
-RAY_FOLDER = "ray"  # Tune's experiment (TensorBoard logs, trial state) under the tune folder
-STUDY_FILE = "study.json"  # what the study was started with; a resume must match it
 MAX_FAILURES = 2  # retries of a crashed trial worker before the trial counts as errored
-RUN_FILE = "run.json"  # written last: how the run ended
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 DURATION = re.compile(r"(?:\d+(?:\.\d+)?[hms])+|\d+(?:\.\d+)?")
 
@@ -70,59 +72,6 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def duration_text(seconds: float) -> str:
-    """30 s, 30 min, 1 h 30 min: how run.json and the console name a budget."""
-    whole = round(seconds)
-    if whole < 60 or seconds != whole:
-        return f"{seconds:g} s"
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else "", f"{secs} s" if secs else ""]
-    return " ".join(p for p in parts if p)
-
-
-@dataclass(frozen=True)
-class StudyEnd:
-    """How a run of a study ended: what the console, summary.md and run.json say about it.
-
-    A spent time budget is a normal end: trials it kept from starting are not in the tables, and
-    trials it cut short stay "unfinished" with the epochs they ran (they never run again).
-    """
-
-    asked: int  # --trials
-    ran: int  # rows in the tables
-    finished: int  # trials that ended: completed, diverged, collapsed, pruned or errored
-    budget_s: float | None = None
-    budget_spent: bool = False
-
-    @property
-    def interrupted(self) -> bool:
-        return self.finished < self.asked and not self.budget_spent
-
-    @property
-    def reason(self) -> str:
-        if self.finished >= self.asked:
-            return f"all {self.asked} trials finished"
-        if self.budget_spent and self.budget_s is not None:
-            cut = self.ran - self.finished
-            return (
-                f"time budget of {duration_text(self.budget_s)} spent after {self.ran} of {self.asked} "
-                f"trials ({self.finished} finished"
-                + (f", {cut} cut short and left unfinished)" if cut else ")")
-            )
-        return f"interrupted: {self.finished} of {self.asked} trials finished"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "trials": self.asked,
-            "trials_run": self.ran,
-            "trials_finished": self.finished,
-            "time_budget_s": self.budget_s,
-            "budget_spent": self.budget_spent,
-            "stop_reason": self.reason,
-        }
-
-
 def study_identity(
     base: TrialConfig, space: SearchSpace, settings: TuneSettings, data: ImageData
 ) -> dict[str, Any]:
@@ -142,17 +91,12 @@ def _has_study(folder: Path) -> bool:
     return (folder / STUDY_FILE).is_file() and (folder / RAY_FOLDER).is_dir()
 
 
-def _last_run(folder: Path) -> dict[str, Any]:
-    """How the last run of the study in ``folder`` ended ({} when it never wrote its run file)."""
-    return read_json(folder / RUN_FILE, what="run file") if (folder / RUN_FILE).is_file() else {}
-
-
 def study_state(folder: Path) -> str:
     """ "absent" (nothing to resume), "started" (a study a resume continues) or "ended" (every
     trial finished, or its time budget was spent: a resume would start nothing)."""
     if not _has_study(folder):
         return "absent"
-    last_run = _last_run(folder)
+    last_run = read_run_info(folder)
     ended = last_run.get("budget_spent") or last_run.get("trials_finished", -1) >= last_run.get("trials", 0)
     return "ended" if last_run and ended else "started"
 
@@ -174,7 +118,7 @@ def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> boo
                 f"--resume refused: the study in {folder} was started with a "
                 f"different {key.replace('_s', '').replace('_', ' ')}"
             )
-    last_run = _last_run(folder)
+    last_run = read_run_info(folder)
     if last_run.get("budget_spent"):
         # Tune's searcher is finished for good once the budget stopped it: no trial would start.
         raise StudyError(
@@ -273,64 +217,55 @@ def default_point(base: TrialConfig, space: SearchSpace) -> list[dict[str, Any]]
     return [point]
 
 
+STAGE = "tune"  # OUT/NAME/tune
+
+
 def run_study(
     *,
     base: TrialConfig,
     space: SearchSpace,
     settings: TuneSettings,
-    cluster: ClusterOptions,
-    data: ImageData,
-    out: Path,
-    name: str,
-    resume: bool = False,
-    overwrite: bool = False,
-    say: Any = print,
+    context: RunContext,
     probe_memory: bool = False,
     on_trial_done: Any = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    """Run (or resume) a study and write every result file; returns (trials, epochs, folder).
+) -> TuneResults:
+    """Run (or resume) a study and write every result file to OUT/NAME/tune; returns its results.
 
     Raises ``StudyInterrupted`` (after writing the tables of what finished) when the study
     stopped before every trial ended; a spent ``--time-budget`` is a normal end, not that.
     """
-    from study.common.files import run_folder
-
-    identity = study_identity(base, space, settings, data)
-    with run_folder(out, name, "tune", resume=resume, overwrite=overwrite) as folder:
-        resuming = check_resume(folder, identity, resume=resume)
-        trials, epoch_rows, end = _fit(
-            identity=None if resuming else identity,
+    identity = study_identity(base, space, settings, context.data)
+    with context.stage_folder(STAGE) as folder:
+        resuming = check_resume(folder, identity, resume=context.resume)
+        results = _fit(
+            identity=identity,
             base=base,
             space=space,
             settings=settings,
-            cluster=cluster,
-            data=data,
+            context=context,
             folder=folder,
             resuming=resuming,
-            say=say,
             probe_memory=probe_memory,
             on_trial_done=on_trial_done,
         )
-    say(f"study ended: {end.reason}")
-    if end.interrupted:
-        raise StudyInterrupted(f"{end.finished} of {end.asked} trials finished")
-    return trials, epoch_rows, folder
+    context.progress(f"study ended: {results.end.reason}")
+    if results.end.interrupted:
+        raise StudyInterrupted(f"{results.end.finished} of {results.end.asked} trials finished")
+    return results
 
 
 def _fit(
     *,
-    identity: dict[str, Any] | None,
+    identity: dict[str, Any],
     base: TrialConfig,
     space: SearchSpace,
     settings: TuneSettings,
-    cluster: ClusterOptions,
-    data: ImageData,
+    context: RunContext,
     folder: Path,
     resuming: bool,
-    say: Any,
     probe_memory: bool,
     on_trial_done: Any,
-) -> tuple[pd.DataFrame, pd.DataFrame, StudyEnd]:
+) -> TuneResults:
     """Start or join Ray, run the trials, read Tune's results back as tables, and write the files.
 
     The files are written while Ray shuts down (``ray_session_then``); whatever happens, they are
@@ -338,12 +273,13 @@ def _fit(
     """
     from study.common.cluster import ray_session_then
     from study.common.console import console
-    from study.tune.progress import TrialProgress
-    from study.tune.tables import collect_results
+    from study.stages.tune.progress import TrialProgress
+    from study.stages.tune.tables import collect_results
 
+    data, say = context.data, context.progress
     started = time.monotonic()  # the study's clock: Ray's start counts, as the user waits for it
-    with ray_session_then(cluster) as (session, then):
-        if identity is not None:  # a new study: written once Ray is up, so a failed start leaves nothing
+    with ray_session_then(context.cluster) as (session, then):
+        if not resuming:  # a new study: written once Ray is up, so a failed start leaves nothing
             write_json(folder / STUDY_FILE, identity)
         plan = session.plan
         say(session.dashboard_text)
@@ -378,74 +314,37 @@ def _fit(
         trials, epochs = collect_results(
             grid, params=list(space.params), data=data, sampled=lambda p: sampled_config(base, p)
         )
-        trials, epochs, end = study_end(trials, epochs, settings=settings, budget_spent=budget_spent)
-        writing = then(
-            write_study_files, folder, trials, epochs, space=space, data=data, settings=settings, end=end
+        results = study_results(
+            trials, epochs, identity=identity, settings=settings, budget_spent=budget_spent, data=data
         )
+        writing = then(write_results, results, folder)
     writing.result()
-    return trials, epochs, end
+    return dataclasses.replace(results, folder=folder)
 
 
-def study_end(
-    trials: pd.DataFrame, epochs: pd.DataFrame, *, settings: TuneSettings, budget_spent: bool
-) -> tuple[pd.DataFrame, pd.DataFrame, StudyEnd]:
-    """The tables of a run and how it ended; after a spent budget, trials it kept from
-    starting (they never reported an epoch) are dropped: they did not run."""
-    if budget_spent:
-        never_ran = (trials["status"] == "unfinished") & ~trials["trial_id"].isin(epochs["trial_id"])
-        trials = trials[~never_ran].reset_index(drop=True)
-    finished = int((trials["status"] != "unfinished").sum())
-    end = StudyEnd(
-        asked=settings.trials,
-        ran=len(trials),
-        finished=finished,
-        budget_s=settings.time_budget_s,
-        budget_spent=budget_spent and finished < settings.trials,
-    )
-    return trials, epochs, end
+def write_results(results: TuneResults, folder: Path) -> None:
+    results.write(folder)
+    results.write_figures(folder)
 
 
-def write_study_files(
-    folder: Path,
+def study_results(
     trials: pd.DataFrame,
     epochs: pd.DataFrame,
     *,
-    space: SearchSpace,
-    data: ImageData,
+    identity: dict[str, Any],
     settings: TuneSettings,
-    end: StudyEnd | None = None,
-) -> None:
-    """trials, epochs, best.json, summary.md, figures, optuna.db and run.json of a study.
+    budget_spent: bool,
+    data: ImageData,
+) -> TuneResults:
+    """The results of a run and how it ended; after a spent budget, trials it kept from
+    starting (they never reported an epoch) are dropped: they did not run."""
+    from study.common.results import expand_configs
 
-    ``end`` defaults to a run that ended without a budget (finished, or interrupted).
-    """
-    from study.common.files import write_provenance, write_table, write_text
-    from study.tune.figures import write_tune_figures
-    from study.tune.optuna_store import OPTUNA_FILE, write_optuna_study
-    from study.tune.tables import best_trial, summary_markdown, write_best
-
-    if end is None:
-        end = study_end(trials, epochs, settings=settings, budget_spent=False)[2]
-    write_table(trials, folder / "trials")
-    write_table(epochs, folder / "epochs", csv=False)
-    best = best_trial(trials)
-    if best is not None:
-        write_best(folder, best, data)
-    write_text(folder / "summary.md", with_stop_reason(summary_markdown(trials, list(space.params)), end))
-    write_tune_figures(folder, trials, epochs, space.optuna_distributions())
-    write_optuna_study(
-        folder / OPTUNA_FILE,
-        study_name=folder.parent.name,
-        trials=trials,
-        epochs=epochs,
-        distributions=space.optuna_distributions(),
-        study_ended=not end.interrupted,
-        study_attrs={"dataset": data.name, "data_checksum": data.checksum, "stop_reason": end.reason},
+    if budget_spent:
+        never_ran = (trials["status"] == Status.UNFINISHED) & ~trials["trial_id"].isin(epochs["trial_id"])
+        trials = trials[~never_ran].reset_index(drop=True)
+    end = StudyEnd.of(
+        trials, asked=settings.trials, budget_s=settings.time_budget_s, budget_spent=budget_spent
     )
-    write_provenance(folder, data=data, extra={"kind": "tune", **end.to_dict()})
-
-
-def with_stop_reason(summary: str, end: StudyEnd) -> str:
-    """summary.md with how the study ended, under its title."""
-    title, _, rest = summary.partition("\n")
-    return f"{title}\n\nStudy ended: {end.reason}.\n{rest}"
+    run = provenance(data, kind=STAGE, **end.to_dict())
+    return TuneResults(trials=expand_configs(trials), epochs=epochs, identity=identity, end=end, run=run)

@@ -7,7 +7,6 @@ through lenet_core, and Ray Tune); pandas, tables and figures stay in the driver
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
@@ -15,15 +14,16 @@ import numpy as np
 
 from lenet_core.config import TrialConfig
 from lenet_core.data import ImageData
-from lenet_core.names import FAILED_STATUSES
 from lenet_core.train import train_trial
-from study.tune.space import sampled_config
+from study.common.selection import SELECTION_MODE, running_best
+from study.stages.tune.space import sampled_config
 
-# What Optuna and ASHA optimize: validation accuracy, with a run that failed without a finite
-# accuracy (diverged to NaN) scored 0, so the searcher learns that region is bad instead of
-# dropping the trial. Test accuracy is never used for selection.
+# What Optuna and ASHA optimize, reported after every epoch: the selection metric so far (the best
+# validation accuracy up to this epoch, study.common.selection), so the value Optuna records for a
+# trial, the one ASHA compares at a rung, best.json and --top-k all rank by one number. Test
+# accuracy is never used for selection.
 METRIC = "objective"
-MODE = "max"
+MODE = SELECTION_MODE
 CONFIG_KEY = "trial_config"  # the reported JSON config ("config" is Tune's own result key)
 
 
@@ -64,14 +64,10 @@ def tune_trainable(
         "started_at": time.time(),  # wall clock, so the driver can see which trials overlapped
     }
 
+    val_accs: list[float] = []
+
     def report(row: dict[str, Any]) -> None:
-        tune.report({**row, **extra, METRIC: objective(row), "reported_at": time.time()})
+        val_accs.append(row["val_acc"])
+        tune.report({**row, **extra, METRIC: running_best(val_accs), "reported_at": time.time()})
 
     train_trial(config, data, report=report)
-
-
-def objective(row: dict[str, Any]) -> float:
-    value = row["val_acc"]
-    if row["status"] in FAILED_STATUSES and not math.isfinite(value):
-        return 0.0
-    return value

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from study.common.files import save_figure
-from study.sweep.tables import FAILED_STATUSES, label_of
+from study.stages.sweep.tables import FAILED_STATUSES, SELECTION_MEAN, SELECTION_STD, label_of
 
 LOG_METRICS = {"train_loss", "val_loss"}
 TITLES = {
@@ -347,8 +347,8 @@ def selection_plot(selection: pd.DataFrame, groups: list[str], field: str, path:
         label = label_of(dict(zip(groups, key, strict=True)), groups) if groups else "all"
         ax.errorbar(
             part[field],
-            part["val_acc_mean"],
-            yerr=part["val_acc_std"].fillna(0.0),
+            part[SELECTION_MEAN],
+            yerr=part[SELECTION_STD].fillna(0.0),
             color=colour,
             linestyle=linestyle,
             marker="o",
@@ -357,7 +357,7 @@ def selection_plot(selection: pd.DataFrame, groups: list[str], field: str, path:
             label=label,
         )
         chosen = part[part["selected"]]
-        ax.scatter(chosen[field], chosen["val_acc_mean"], s=160, facecolors="none", edgecolors=colour)
+        ax.scatter(chosen[field], chosen[SELECTION_MEAN], s=160, facecolors="none", edgecolors=colour)
         failed = part[part["n"] == 0]  # no ok seed: an x on the bottom edge, so the grid shows whole
         ax.scatter(
             failed[field],
@@ -371,7 +371,7 @@ def selection_plot(selection: pd.DataFrame, groups: list[str], field: str, path:
     values = pd.to_numeric(selection[field], errors="coerce")
     if values.notna().all() and (values > 0).all() and values.max() / values.min() >= 10:
         ax.set_xscale("log")  # learning rates and the like span decades
-    finite = selection["val_acc_mean"][np.isfinite(selection["val_acc_mean"])]
+    finite = selection[SELECTION_MEAN][np.isfinite(selection[SELECTION_MEAN])]
     if len(finite):
         ax.set_ylim(max(0.0, float(finite.min()) - 0.05), min(1.0, float(finite.max()) + 0.02))
     ax.set(

@@ -10,12 +10,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lenet_core.names import FAILED_STATUSES
+from lenet_core.status import failed_names
+from study.common.selection import SELECTION_METRIC
 from study.common.stats import compare_conditions
+
+FAILED_STATUSES = failed_names()
+# The selection view's columns: the mean and spread over ok seeds of the selection metric.
+SELECTION_MEAN, SELECTION_STD = f"{SELECTION_METRIC}_mean", f"{SELECTION_METRIC}_std"
 
 # Means of ok runs only (failed runs are counted in "failed", never averaged in).
 EXTRA_MEANS = {
-    "val_acc": "val_acc_mean",
+    SELECTION_METRIC: SELECTION_MEAN,
     "final_train_loss": "final_train_loss_mean",
     "epochs_run": "epochs_run_mean",
     "seconds": "seconds_mean",
@@ -62,8 +67,10 @@ def select_by_validation(runs: pd.DataFrame, *, swept: list[str], field: str) ->
     shown beside it for the reader and plays no part in the choice.
     """
     groups = [s for s in swept if s != field]
-    values = pd.to_numeric(runs["val_acc"], errors="coerce")
-    ok = runs.assign(val_acc=values)[~runs["status"].isin(FAILED_STATUSES) & np.isfinite(values)]
+    values = pd.to_numeric(runs[SELECTION_METRIC], errors="coerce")
+    ok = runs.assign(**{SELECTION_METRIC: values})[
+        ~runs["status"].isin(FAILED_STATUSES) & np.isfinite(values)
+    ]
     rows = []
     for key, part in runs.groupby(swept, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -73,15 +80,15 @@ def select_by_validation(runs: pd.DataFrame, *, swept: list[str], field: str) ->
                 **dict(zip(swept, key, strict=True)),
                 "n": len(mine),
                 "failed": int(part["status"].isin(FAILED_STATUSES).sum()),
-                "val_acc_mean": float(mine["val_acc"].mean()) if len(mine) else math.nan,
-                "val_acc_std": float(mine["val_acc"].std()) if len(mine) > 1 else math.nan,
+                SELECTION_MEAN: float(mine[SELECTION_METRIC].mean()) if len(mine) else math.nan,
+                SELECTION_STD: float(mine[SELECTION_METRIC].std()) if len(mine) > 1 else math.nan,
                 "test_error_mean": float(mine["test_error"].mean()) if len(mine) else math.nan,
             }
         )
     table = pd.DataFrame(rows)
     table["selected"] = False
     for _, part in table.groupby(groups, sort=False, dropna=False) if groups else [(None, table)]:
-        scores = part["val_acc_mean"]
+        scores = part[SELECTION_MEAN]
         if scores.notna().any():
             table.loc[scores.idxmax(), "selected"] = True  # idxmax: the first of equal maxima
     return table

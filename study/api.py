@@ -1,0 +1,220 @@
+"""The Python API: the same studies as the ``study`` command, from a notebook or a script.
+
+    import study
+    results = study.tune(fixed={"dataset": "digits", "epochs": 3}, trials=8, name="my-search")
+    results.best_config                     # a TrialConfig
+    members = study.ensemble(config=results.best_config, members=5, name="my-search")
+    study.load("results/my-search").tune.trials
+
+Every function is keyword-only, writes the same files as its command under OUT/NAME/<stage>/
+and returns that stage's results type. Bad input raises ``lenet_core.StudyError`` (one line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lenet_core.config import TrialConfig, from_dict
+from lenet_core.errors import StudyError
+from study.common.cluster import ClusterOptions
+from study.common.context import RunContext
+
+if TYPE_CHECKING:
+    from lenet_core.data import ImageData
+    from study.reader import StudyResults
+    from study.stages.ensemble.results import EnsembleResults
+    from study.stages.tune.results import TuneResults
+    from study.stages.tune.space import SearchSpace
+
+
+def default_name(stage: str, dataset: str) -> str:
+    return f"{stage}-{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def context_for(
+    data: ImageData,
+    *,
+    stage: str,
+    out: str | Path,
+    name: str | None,
+    cluster: ClusterOptions | None,
+    resume: bool,
+    overwrite: bool,
+    progress: Callable[[str], None],
+) -> RunContext:
+    if resume and not name:
+        raise StudyError("resume needs the name of the run to continue")
+    return RunContext(
+        data=data,
+        out=Path(out),
+        name=name or default_name(stage, data.name),
+        cluster=cluster or ClusterOptions(),
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def _load_data(config: TrialConfig, data: ImageData | None) -> ImageData:
+    from lenet_core.data import load_dataset
+
+    return data if data is not None else load_dataset(config.dataset, data_dir=config.data_dir)
+
+
+def tune(
+    *,
+    fixed: Mapping[str, Any] | None = None,
+    space: SearchSpace | str | Path | None = None,
+    config: TrialConfig | Mapping[str, Any] | None = None,
+    trials: int = 20,
+    scheduler: str = "asha",
+    time_budget_s: float | None = None,
+    data: ImageData | None = None,
+    out: str | Path = "results",
+    name: str | None = None,
+    cluster: ClusterOptions | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[str], None] = print,
+) -> TuneResults:
+    """A Ray Tune + Optuna (TPE) + ASHA search; its files go to OUT/NAME/tune/.
+
+    ``fixed`` holds TrialConfig fields fixed for every trial (a searched one leaves the search);
+    ``space`` replaces the default space (a ``SearchSpace`` or a TOML file); ``config`` fills the
+    fields that are not searched (e.g. a best.json's config). ``data`` skips loading the dataset.
+    """
+    from study.stages.tune.run import TuneSettings, run_study
+    from study.stages.tune.space import SearchSpace, default_space, load_space, split_base_and_space
+
+    settings = TuneSettings(trials=trials, scheduler=scheduler, time_budget_s=time_budget_s)
+    searched = (
+        space if isinstance(space, SearchSpace) else (load_space(Path(space)) if space else default_space())
+    )
+    given = config.to_dict() if isinstance(config, TrialConfig) else dict(config or {})
+    base, searched = split_base_and_space(searched, given, dict(fixed or {}))
+    loaded = _load_data(base, data)
+    context = context_for(
+        loaded,
+        stage="tune",
+        out=out,
+        name=name,
+        cluster=cluster,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    return run_study(base=base, space=searched, settings=settings, context=context)
+
+
+def ensemble(
+    *,
+    config: TrialConfig | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    from_study: str | Path | None = None,
+    top_k: int | None = None,
+    members: int = 5,
+    repeats: int = 1,
+    resample: str = "bootstrap",
+    resnet: str = "resnet18",
+    resnet_precision: str | None = None,
+    resnet_epochs: int | None = None,
+    data: ImageData | None = None,
+    out: str | Path = "results",
+    name: str | None = None,
+    cluster: ClusterOptions | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[str], None] = print,
+) -> EnsembleResults:
+    """Seed ensemble, bagged ensemble, single model and a ResNet on one split; files go to
+    OUT/NAME/ensemble/.
+
+    The members' config is ``config``, or the best trial of the tune study ``from_study``
+    (results/NAME), with ``fixed`` fields on top; ``top_k`` cycles members over that study's K
+    best distinct configs by the selection metric.
+    """
+    from study.common.placement import without_placement
+    from study.stages.ensemble.run import EnsemblePlan, find_tune_folder, run_ensemble, top_k_configs
+    from study.stages.tune.results import TuneResults
+
+    if members < 2:
+        raise StudyError(f"members must be >= 2 for a vote, got {members}")
+    if from_study is not None and config is not None:
+        raise StudyError("give config or from_study, not both")
+    overrides = dict(fixed or {})
+    tune_folder = find_tune_folder(Path(from_study)) if from_study is not None else None
+    if tune_folder is not None:
+        config = TuneResults.read(tune_folder).best_config
+    values = without_placement(config.to_dict()) if config is not None else {}
+    base = from_dict({**values, **overrides}, source="ensemble config")
+    if top_k is not None:
+        if top_k < 1 or tune_folder is None:
+            raise StudyError("top_k needs K >= 1 and a tune study (from_study)")
+        configs = top_k_configs(tune_folder, top_k, overrides)
+    else:
+        configs = [base]
+    if any(c.model != "lenet5" for c in configs):
+        raise StudyError("ensemble members are LeNet-5; the ResNet baseline is set by resnet")
+    plan = EnsemblePlan(
+        members=members,
+        repeats=repeats,
+        resample=resample,
+        resnet=resnet,
+        resnet_precision=resnet_precision,
+        resnet_epochs=resnet_epochs,
+    )
+    plan.specs(configs, base)  # bad members, repeats, resample, resnet: before loading data
+    loaded = _load_data(base, data)
+    context = context_for(
+        loaded,
+        stage="ensemble",
+        out=out,
+        name=name,
+        cluster=cluster,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    return run_ensemble(configs, base=base, plan=plan, context=context)
+
+
+def run_experiment(
+    path: str | Path,
+    *,
+    smoke: bool = False,
+    fixed: Mapping[str, Any] | None = None,
+    data: ImageData | None = None,
+    out: str | Path = "results",
+    name: str | None = None,
+    cluster: ClusterOptions | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[str], None] = print,
+) -> StudyResults:
+    """An experiment file (sweep, data-fraction, tune, ensemble, tune-ensemble) through its
+    stages, then its REPORT.md; files go to OUT/NAME (NAME: the file's name by default)."""
+    from study.experiments import execute, load_experiment
+    from study.reader import load
+    from study.writeup import write_report
+
+    experiment = load_experiment(Path(path))
+    if smoke:
+        experiment = experiment.smoke()
+    experiment = experiment.with_overrides(dict(fixed or {}))
+    base = experiment.base_config()
+    context = context_for(
+        _load_data(base, data),
+        stage=experiment.name,
+        out=out,
+        name=name or experiment.name,
+        cluster=cluster,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    root = execute(experiment, context=context)
+    progress(f"results -> {root}; report -> {write_report(root)}")
+    return load(root)

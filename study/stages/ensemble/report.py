@@ -1,0 +1,194 @@
+"""The ensemble stage's section of REPORT.md, computed from its ``EnsembleResults``, and the table
+that places its rows among published results (an experiment's ``[[anchor]]`` rows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from lenet_core.names import CLASS_NAMES
+from study.common.report import figure_links as _figures
+from study.common.report import md as _md
+from study.common.report import pct as _pct
+
+if TYPE_CHECKING:
+    from study.stages.ensemble.results import EnsembleResults
+
+
+def ensemble_section(results: EnsembleResults, root: Path) -> list[str]:
+    comparison, mcnemar, summary = results.comparison, results.mcnemar, results.diversity
+    folder = root / "ensemble"
+    lines = [
+        "## LeNet-5 ensembles against a single model and a ResNet",
+        "",
+        f"{summary['repeats']} independent ensemble(s) of {summary['members']} members, all on one "
+        "train/validation split; intervals are t-intervals over repeats (over seeds for the single "
+        "model), or Wilson's on the one test set when there is a single repeat.",
+    ]
+    for row in comparison.itertuples():
+        interval = f"[{_pct(row.ci95_low)}, {_pct(row.ci95_high)}]"
+        lines.append(
+            f"- {row.model}: {_pct(row.test_acc)} test accuracy {interval} (n={row.n}, {row.interval}), "
+            f"ECE {row.ece:.3f}, {row.training_seconds:.0f} s of training."
+        )
+    lines += ["", *mcnemar_sentences(mcnemar, results.voting_member_names())]
+    lines += _budget_sentences(results.members)
+    main = summary["diversity"][summary["main_group"]]
+    oob = (
+        f"; its out-of-bag estimate is {_pct(main['ensemble_oob_acc'])}" if "ensemble_oob_acc" in main else ""
+    )
+    lines.append(
+        f"In the {summary['main_group']}, members disagree on {_pct(main['mean_pairwise_disagreement'])} of "
+        f"test images on average and at least one member is right on {_pct(main['oracle_accuracy'])}{oob}"
+        + (f" (means over {main['repeats']} repeats)." if main.get("repeats", 1) > 1 else ".")
+    )
+    per_class = results.per_class
+    worst = per_class.sort_values("hard_vote_error", ascending=False).head(2)
+    names = CLASS_NAMES.get(results.run.get("dataset", ""))
+    lines.append(
+        "The vote fails most on classes "
+        + " and ".join(
+            f"{int(r.digit)}{f' ({names[int(r.digit)]})' if names else ''}: {_pct(r.hard_vote_error)} error"
+            for r in worst.itertuples()
+        )
+        + "."
+    )
+    return [
+        *lines,
+        "",
+        _md(comparison),
+        "",
+        "### Exact McNemar tests on the test set (every repeat)",
+        "",
+        _md(mcnemar),
+        "",
+        "### Error by class",
+        "",
+        _md(per_class),
+        "",
+        *_figures(folder, root),
+        "",
+    ]
+
+
+def mcnemar_sentences(mcnemar: pd.DataFrame, voting_members: set[str]) -> list[str]:
+    """One line per compared pair: the exact McNemar verdict in every repeat and, with 2 or more
+    repeats, a paired t-test of the accuracies over repeats. A vote's "best member" differs by
+    repeat (chosen on validation), so those pairs are named by their role."""
+    from study.common.stats import paired_test
+
+    member = mcnemar["b"].isin(voting_members)  # a vote against one of its own members
+    table = mcnemar.assign(pair_b=mcnemar["b"].where(~member, "its best member"))
+    lines = []
+    for (a, b), part in table.groupby(["a", "pair_b"], sort=False):
+        verdicts = []
+        for row in part.itertuples():
+            winner = a if row.a_acc > row.b_acc else b
+            verdict = f"{winner} better" if row.mcnemar_p < 0.05 else "no significant difference"
+            scores = f"{_pct(row.a_acc)} vs {_pct(row.b_acc)}"
+            verdicts.append(f"repeat {row.repeat}: {scores}, {verdict} (p = {row.mcnemar_p:.2g})")
+        line = f"- {a} vs {b}, exact McNemar on the test set: " + "; ".join(verdicts)
+        if len(part) >= 2:
+            test = paired_test(part["a_acc"].to_numpy(), part["b_acc"].to_numpy())
+            line += (
+                f". Over the {test['n_pairs']} repeats: {100 * test['mean_diff']:+.2f} points on average, "
+                f"paired t-test p = {test['p_t']:.2g}"
+                + (" (significant at 0.05)" if test["p_t"] < 0.05 else " (not significant at 0.05)")
+            )
+        lines.append(line + ".")
+    return lines
+
+
+def _budget_sentences(members: pd.DataFrame) -> list[str]:
+    """How long each kind of model trained: its epoch cap, and the epochs it ran (it stops early
+    on the config's patience and keeps its best validation epoch)."""
+    if "epochs_run" not in members:  # tables from before the budget columns
+        return []
+    parts = []
+    for model, part in members.groupby("model", sort=False):
+        name = "LeNet-5 members" if model == "lenet5" else model
+        parts.append(
+            f"{name} at most {int(part['max_epochs'].max())} epochs, ran {part['epochs_run'].min():.0f}-"
+            f"{part['epochs_run'].max():.0f} (best validation epoch {part['best_epoch'].min():.0f}-"
+            f"{part['best_epoch'].max():.0f})"
+        )
+    at_cap = sorted(set(members.loc[members["best_epoch"] >= members["max_epochs"], "model"]))
+    capped = (
+        [
+            f"Still improving at the cap (best validation epoch = last): {', '.join(at_cap)}; "
+            "more epochs may raise it."
+        ]
+        if at_cap
+        else []
+    )
+    return ["Budget: " + "; ".join(parts) + ".", *capped]
+
+
+def _anchor_accuracy(test_acc: float | list[float]) -> tuple[float, str]:
+    """(the value a published row sorts by: its range's midpoint, the text shown)."""
+    if isinstance(test_acc, list) and len(test_acc) == 2:
+        return sum(test_acc) / 2, f"{100 * test_acc[0]:.1f}-{100 * test_acc[1]:.1f}%"
+    value = test_acc[0] if isinstance(test_acc, list) else test_acc
+    return value, f"{100 * value:.1f}%"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def anchor_rows(anchors: list[dict], comparison: pd.DataFrame) -> pd.DataFrame:
+    """Published rows and ours (in bold, with an interval, parameters and training time) in one
+    table, by test accuracy (a published range at its midpoint), best first."""
+    rows = []
+    for anchor in anchors:
+        value, shown = _anchor_accuracy(anchor["test_acc"])
+        rows.append((value, anchor["model"], shown, anchor.get("parameters", "") or "", "", "published"))
+    for r in comparison.itertuples():
+        name = r.model if r.model.startswith("resnet") else f"LeNet-5 {r.model}"
+        shown = f"**{_pct(r.test_acc)}** [{_pct(r.ci95_low)}, {_pct(r.ci95_high)}]"
+        time = _duration(r.training_seconds) + (f" for {r.models} models" if r.models > 1 else "")
+        rows.append((r.test_acc, f"**{name}** (ours)", shown, f"{r.parameters:,}", time, f"ours, n={r.n}"))
+    rows.sort(key=lambda row: -row[0])
+    columns = ["model", "test accuracy", "parameters", "training time", "source"]
+    return pd.DataFrame([row[1:] for row in rows], columns=columns)
+
+
+def anchor_section(file: dict, results: EnsembleResults) -> list[str]:
+    """Our ensemble rows placed among published numbers (the experiment file's [[anchor]] rows)."""
+    if not file.get("anchor"):
+        return []
+    comparison = results.comparison
+    table = anchor_rows(file["anchor"], comparison)
+    published = [_anchor_accuracy(a["test_acc"]) for a in file["anchor"]]
+    sentences = []
+    for model in ("single model", "seed ensemble, hard vote", "bagged, hard vote"):
+        row = comparison[comparison["model"] == model]
+        if row.empty:
+            continue
+        r = row.iloc[0]
+        below = sum(r["ci95_high"] < value for value, _ in published)
+        above = sum(r["ci95_low"] > value for value, _ in published)
+        sentences.append(
+            f"LeNet-5 {model}: {_pct(r['test_acc'])} [{_pct(r['ci95_low'])}, {_pct(r['ci95_high'])}], "
+            f"n={r['n']}; its interval lies wholly above {above} of the {len(published)} published rows "
+            f"(a range at its midpoint) and wholly below {below}"
+            + (f", and overlaps {len(published) - above - below}." if above + below < len(published) else ".")
+        )
+    return [
+        "## Placed among published results",
+        "",
+        f"Published numbers: {file.get('anchor_source', '')}. Ours are in bold: mean test accuracy and "
+        "95% interval (over seeds for the single model, over repeats or Wilson's for votes), "
+        "parameters (a vote counts all its members), training time on the machine under "
+        '"What was run". The published rows come from other setups (epochs, augmentation, data '
+        "handling) and carry no intervals.",
+        "",
+        *sentences,
+        "",
+        _md(table),
+        "",
+    ]
+
+
