@@ -2,7 +2,8 @@
 
 It travels unchanged from the CLI, an experiment file or a ``best.json`` to
 ``train_trial``; every result carries it so any trial can be replayed outside Ray.
-Field metadata holds the help text the CLI shows for the matching flag.
+Field metadata holds the help text the CLI shows for the matching flag; errors name the fields
+themselves ("lr must be > 0"), as a Python caller spells them.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class TrialConfig:
             _check_range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
             if self.optimizer not in MOMENTUM_OPTIMIZERS:
                 raise ConfigError(
-                    f"--momentum applies to {' and '.join(MOMENTUM_OPTIMIZERS)} only, not {self.optimizer}"
+                    f"momentum applies to {' and '.join(MOMENTUM_OPTIMIZERS)} only, not {self.optimizer}"
                 )
         _check_range("val_fraction", self.val_fraction, low=0.0, high=0.9)
         _check_range("train_fraction", self.train_fraction, low=0.0, high=1.0, low_open=True)
@@ -156,7 +157,7 @@ class TrialConfig:
         _check_range("seed", self.seed, low=0)
         _check_range("split_seed", self.split_seed, low=0)
         if self.patience and self.val_fraction == 0:
-            raise ConfigError("--patience needs a validation split (--val-fraction > 0)")
+            raise ConfigError("patience needs a validation split (val_fraction > 0)")
         if self.model == "lenet5":
             # Resolve the variant's defaults so every record states what actually ran.
             variant = self.variant or "modern"
@@ -167,7 +168,7 @@ class TrialConfig:
         else:
             for key in ("variant", "activation", "pooling"):
                 if getattr(self, key) is not None:
-                    raise ConfigError(f"--{key.replace('_', '-')} applies to lenet5 only, not {self.model}")
+                    raise ConfigError(f"{key} applies to lenet5 only, not {self.model}")
 
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:
@@ -228,7 +229,7 @@ def _check_range(
     low_open: bool = False,
     high_open: bool = False,
 ) -> None:
-    flag = "--" + name.replace("_", "-")
+    # The field's name, not a CLI flag: this is a library error (the CLI's help names the flags).
     bad = isinstance(value, float) and not math.isfinite(value)
     if low is not None:
         bad |= value <= low if low_open else value < low
@@ -242,4 +243,4 @@ def _check_range(
             if low is not None and high is not None
             else (f"{'>' if low_open else '>='} {low:g}" if low is not None else f"<= {high:g}")
         )
-        raise ConfigError(f"{flag} must be {where}, got {value}")
+        raise ConfigError(f"{name} must be {where}, got {value}")

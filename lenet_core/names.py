@@ -2,10 +2,12 @@
 
 ``TrialConfig`` (and so every ``study --help``) needs the choices of each field; the tables that
 build the things named here live beside their code (``models.MODELS``, ``models.ACTIVATIONS``,
-``models.POOLINGS``, ``data.augment_batch``) and a test checks that both sides list the same names.
+``models.POOLINGS``, ``data.AUGMENTATION_STEPS``) and a test checks that both sides list the same names.
 """
 
 from __future__ import annotations
+
+from lenet_core.status import Status  # torch-free too: an enum and nothing else
 
 # Names the user types, mapped to the torchvision class name, which is also the folder name
 # torchvision uses under its root (<root>/MNIST/raw/...).
@@ -42,5 +44,6 @@ OPTIMIZERS = ("sgd", "adadelta", "adagrad", "rmsprop", "adam", "adamax", "adamw"
 DEVICES = ("cpu", "cuda", "auto")
 # Statuses of a trial that ran to its end but learned nothing usable (lenet_core.train sets them:
 # the loss blew up, or validation accuracy stayed near guessing the majority class). Never
-# averaged in with the others, and named wherever results are summarized.
-FAILED_STATUSES = ("diverged", "collapsed")
+# averaged in with the others, and named wherever results are summarized. Derived from the one
+# Status enum, as plain strings in its order ("diverged", "collapsed") for Series.isin and tables.
+FAILED_STATUSES: tuple[str, ...] = tuple(str(status) for status in Status if status.failed)

@@ -27,7 +27,6 @@ from lenet_core.data import (
     ImageData,
     as_tensor,
     augment_batch,
-    default_cache_dir,
     normalize_,
     stratified_split,
     stratified_subset,
@@ -35,6 +34,7 @@ from lenet_core.data import (
 )
 from lenet_core.errors import ConfigError
 from lenet_core.models import build_model, count_parameters
+from lenet_core.status import Status
 
 # Inference batch (images) by device: a GPU wants large batches; on CPU a batch whose activations
 # stay in cache wins. LeNet-5 over the 10,000 Fashion-MNIST test images on 1 thread took 0.25 s
@@ -52,10 +52,10 @@ DIVERGED_LOSS = 10 * math.log(10)
 # validation class, plus this margin (2 points of accuracy), learned nothing usable: "collapsed".
 # The margin absorbs the few points a near-constant predictor gains by luck on a finite split.
 COLLAPSE_MARGIN = 0.02
-# autocast dtype per --precision; fp32 runs without autocast.
+# autocast dtype per TrialConfig.precision; fp32 runs without autocast.
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-# What ``report`` receives after each epoch; returning True stops the trial (status "stopped").
+# What ``report`` receives after each epoch; returning True stops the trial (Status.STOPPED).
 Report = Callable[[dict[str, Any]], bool | None]
 
 
@@ -69,9 +69,10 @@ class TrialResult:
     """
 
     config: TrialConfig
-    # "completed"; "collapsed" (ran, but validation accuracy near always guessing the majority
-    # class); "diverged" (the loss blew up); "stopped" (the report callback asked to stop)
-    status: str
+    # COMPLETED; COLLAPSED (ran, but validation accuracy near always guessing the majority class);
+    # DIVERGED (the loss blew up); STOPPED (the report callback asked to stop). A StrEnum: equal
+    # to its text, and written as that text by json, csv and pyarrow.
+    status: Status
     history: list[dict[str, Any]]  # one row per epoch run
     val_loss: float
     val_acc: float
@@ -79,7 +80,7 @@ class TrialResult:
     test_loss: float
     test_acc: float
     best_epoch: int  # the epoch whose weights were kept (1-based)
-    stopped_early: bool  # --patience ended the run before --epochs
+    stopped_early: bool  # patience ended the run before the last of its epochs
     seconds: float  # wall time of the whole trial
     images_per_s: float  # training images per second, over all epochs run
     parameters: int
@@ -128,14 +129,16 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but CUDA sees no GPU on this machine")
+        raise ConfigError(
+            "device 'cuda' asked for, but CUDA sees no GPU on this machine; use 'cpu' or 'auto'"
+        )
     return torch.device(name)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
     # CPU autocast to float16 exists but is slow and has no gradient scaler worth the name.
     if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"--precision fp16 needs CUDA (the device is {device.type}); use bf16 or fp32")
+        raise ConfigError(f"precision 'fp16' needs CUDA (the device is {device.type}); use 'bf16' or 'fp32'")
 
 
 def precision_autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -150,9 +153,10 @@ def trial_split(data: ImageData, config: TrialConfig) -> tuple[np.ndarray, np.nd
     """(train indices, validation indices) into ``data.train_images``, drawn from ``split_seed``.
 
     ``config.seed`` plays no part, so every seed of a study trains and selects on the same split.
-    Splits are cached beside the decoded datasets: the next trial skips importing scikit-learn.
+    Splits are cached in ``data.cache_dir``, the folder ``load_dataset`` was given or resolved
+    (None: not cached), so the next trial skips importing scikit-learn.
     """
-    cache = default_cache_dir()
+    cache = data.cache_dir
     train_idx, val_idx = stratified_split(
         data.train_labels, held_out_fraction=config.val_fraction, seed=config.split_seed, cache_dir=cache
     )
@@ -288,7 +292,7 @@ def train_trial(
 
     The run ends after ``epochs``, when the loss diverges, after ``patience`` epochs without a
     better validation accuracy, or when ``report`` returns True. Except after divergence, the best
-    validation epoch's weights are then restored and tested. History rows carry status "running"
+    validation epoch's weights are then restored and tested. History rows carry Status.RUNNING
     but the last one of a run that was not stopped, which carries the final status; that row's
     test metrics are those of the kept weights.
     """
@@ -317,7 +321,7 @@ def train_trial(
 
         history: list[dict[str, Any]] = []
         best = BestEpoch()
-        status, stopped_early, train_seconds = "completed", False, 0.0
+        status, stopped_early, train_seconds = Status.COMPLETED, False, 0.0
         kept = EpochScore(0, math.nan, math.nan)
         test_loss = test_acc = math.nan
         for epoch in range(1, config.epochs + 1):
@@ -348,7 +352,7 @@ def train_trial(
             if final:
                 # A diverged run keeps its last weights: its metrics should show the failure.
                 kept = current if diverged else (best.restore(model) or current)
-                status = "diverged" if diverged else _ended_status(kept, val_labels)
+                status = Status.DIVERGED if diverged else _ended_status(kept, val_labels)
             if final or config.test_every_epoch:  # the last row always carries test metrics
                 test_loss, test_acc = evaluate_on(test_images, test_labels)
             history.append(
@@ -363,11 +367,11 @@ def train_trial(
                     "test_acc": test_acc,
                     "seconds": seconds,
                     "images_per_s": len(train_idx) / seconds if seconds > 0 else math.nan,
-                    "status": status if final else "running",
+                    "status": status if final else Status.RUNNING,
                 }
             )
             if report is not None and report(history[-1]) and not final:
-                status = "stopped"
+                status = Status.STOPPED
                 kept = best.restore(model) or current
                 test_loss, test_acc = evaluate_on(test_images, test_labels)
                 break
@@ -397,12 +401,12 @@ def train_trial(
         )
 
 
-def _ended_status(kept: EpochScore, val_labels: torch.Tensor) -> str:
-    """completed, or collapsed when the kept weights are no better than guessing the majority class.
+def _ended_status(kept: EpochScore, val_labels: torch.Tensor) -> Status:
+    """COMPLETED, or COLLAPSED when the kept weights are no better than guessing the majority class.
     Without a validation split there is nothing to judge by, so the run counts as completed."""
     if len(val_labels) and is_collapsed(kept.val_acc, val_labels):
-        return "collapsed"
-    return "completed"
+        return Status.COLLAPSED
+    return Status.COMPLETED
 
 
 def train_one_epoch(

@@ -177,11 +177,13 @@ def test_mcnemar_predictions_and_per_class_tables(small_ensemble, digits):
 
 
 def test_report_gives_every_repeats_mcnemar_and_a_paired_test_over_repeats(small_ensemble):
-    from study.writeup import mcnemar_sentences
+    from study.stages.ensemble.report import mcnemar_sentences
+    from study.stages.ensemble.results import EnsembleResults
 
     folder, _, _ = small_ensemble
-    mcnemar = pd.read_parquet(folder / "mcnemar.parquet")
-    lines = mcnemar_sentences(mcnemar)
+    results = EnsembleResults.read(folder)
+    mcnemar = results.mcnemar
+    lines = mcnemar_sentences(mcnemar, results.voting_member_names())
     pairs = {
         (r.a, r.b if not r.b.startswith("r0_") and not r.b.startswith("r1_") else "")
         for r in mcnemar.itertuples()

@@ -202,7 +202,7 @@ def test_equal_steps_scales_each_fractions_epochs_and_patience():
 
 
 def _runs(rows: list[tuple[str, float, int, str, float, float]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["optimizer", "lr", "seed", "status", "val_acc", "test_error"])
+    return pd.DataFrame(rows, columns=["optimizer", "lr", "seed", "status", "best_val_acc", "test_error"])
 
 
 def test_selection_picks_by_validation_never_by_test_error():
@@ -225,7 +225,7 @@ def test_selection_picks_by_validation_never_by_test_error():
     chosen = selection[selection["selected"]].set_index("optimizer")["lr"].to_dict()
     assert chosen == {"sgd": 0.1, "adam": 1e-3}  # not sgd 0.01 or sgd 1.0, not adam 1e-2
     row = selection.set_index(["optimizer", "lr"]).loc[("adam", 1e-3)]
-    assert row["n"] == 2 and row["failed"] == 1 and row["val_acc_mean"] == pytest.approx(0.98)
+    assert row["n"] == 2 and row["failed"] == 1 and row["best_val_acc_mean"] == pytest.approx(0.98)
 
     _, selected = selected_view(runs, swept=["optimizer", "lr"], field="lr")
     table = selected.set_index("optimizer")
@@ -294,13 +294,13 @@ def test_optimizers_smoke_writes_the_selected_and_fixed_lr_views(smoke):
     ok = runs[~runs["status"].isin(["diverged", "collapsed"])]
     for optimizer, part in ok.groupby("optimizer"):  # the highest validation of each, recomputed
         chosen = selection[(selection["optimizer"] == optimizer) & selection["selected"]]
-        assert chosen["lr"].tolist() == [part.loc[part["val_acc"].idxmax(), "lr"]], optimizer
+        assert chosen["lr"].tolist() == [part.loc[part["best_val_acc"].idxmax(), "lr"]], optimizer
     at = pd.read_parquet(folder / "compare_at.parquet")
     assert set(at["lr"]) == {1e-3} and set(at["optimizer"]) == set(runs["optimizer"])
     text = (folder / "REPORT.md").read_text()
     selected = pd.read_parquet(folder / "selected.parquet")
     for row in selected.itertuples():
-        assert f"{row.optimizer}: lr {row.lr:g} (validation {100 * row.val_acc_mean:.2f}%" in text
+        assert f"{row.optimizer}: lr {row.lr:g} (validation {100 * row.best_val_acc_mean:.2f}%" in text
     assert "test error plays no part in the choice" in text and "With every condition at lr=0.001" in text
 
 
@@ -432,7 +432,7 @@ def test_fashion_smoke_tunes_then_ensembles_the_best_trial_and_places_it(tmp_pat
 
 
 def test_anchor_table_puts_ours_in_bold_among_published_rows_by_accuracy():
-    from study.writeup import anchor_rows
+    from study.stages.ensemble.report import anchor_rows
 
     anchors = [
         {"model": "human", "test_acc": 0.835},

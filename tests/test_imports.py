@@ -20,19 +20,11 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path, known: set[str]) -> set[str]:
-    """Every project module ``path`` imports, at the top or inside a function (type-only imports
-    under ``if TYPE_CHECKING:`` do not run and are left out)."""
+    """Every project module ``path`` imports: at the top, inside a function, and type-only ones
+    under ``if TYPE_CHECKING:`` too (a circle through a type hint is still a circle)."""
     tree = ast.parse(path.read_text())
-    type_only = {
-        id(node)
-        for branch in ast.walk(tree)
-        if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
-        for node in ast.walk(branch)
-    }
     found = set()
     for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]

@@ -50,11 +50,12 @@ def granted_a_gpu(monkeypatch):
 
 
 def test_sweep_runs_are_placed_in_the_worker(granted_a_gpu, digits):
-    from study.stages.sweep.run import run_one
+    from study.common.executor import placed_work
+    from study.stages.sweep.run import SweepRun, train_run
 
-    output = run_one(TrialConfig(dataset="digits", epochs=1), digits)
+    output = placed_work((train_run, SweepRun(0, TrialConfig(dataset="digits", epochs=1))), digits)
     assert (granted_a_gpu[0].device, granted_a_gpu[0].threads) == ("cuda", 3)
-    assert output["summary"]["config"]["device"] == "cuda" and output["summary"]["node_ip"] == "127.0.0.1"
+    assert output.summary["config"]["device"] == "cuda" and output.summary["node_ip"] == "127.0.0.1"
 
 
 def test_tune_trials_are_placed_in_the_worker_and_report_the_config_they_ran(
@@ -80,9 +81,10 @@ def test_ensemble_members_are_placed_in_the_worker(granted_a_gpu, digits, monkey
             spec=spec, summary={}, state_dict={}, test_proba=None, oob_idx=None, oob_proba=None
         )
 
-    monkeypatch.setattr(ensemble_run, "train_member", fake_member)
+    from study.common.executor import placed_work
+
     spec = ensemble_run.member_specs([TrialConfig(dataset="digits", epochs=1)], 2, seed=0)[0]
-    output = ensemble_run._train_member_task(spec, digits)
+    output = placed_work((fake_member, spec), digits)
     assert (captured["config"].device, captured["config"].threads) == ("cuda", 3)
     assert output.summary["node_ip"] == "127.0.0.1"
     # where a member ran is no part of what it is: a checkpoint from a CPU run is reused
