@@ -137,8 +137,14 @@ def ensemble(
     best distinct configs by the selection metric.
     """
     from study.common.placement import without_placement
-    from study.stages.ensemble.run import EnsemblePlan, find_tune_folder, run_ensemble, top_k_configs
-    from study.stages.tune.results import TuneResults
+    from study.stages.ensemble.run import (
+        EnsemblePlan,
+        config_from_best,
+        find_tune_folder,
+        run_ensemble,
+        top_k_configs,
+    )
+    from study.stages.tune.results import BEST_FILE
 
     if members < 2:
         raise StudyError(f"members must be >= 2 for a vote, got {members}")
@@ -146,9 +152,10 @@ def ensemble(
         raise StudyError("give config or from_study, not both")
     overrides = dict(fixed or {})
     tune_folder = find_tune_folder(Path(from_study)) if from_study is not None else None
-    if tune_folder is not None:
-        config = TuneResults.read(tune_folder).best_config
-    values = without_placement(config.to_dict()) if config is not None else {}
+    # the study's published choice (its best.json, by the one selection metric), less placement
+    values = config_from_best(tune_folder / BEST_FILE) if tune_folder is not None else {}
+    if config is not None:
+        values = without_placement(config.to_dict())
     base = from_dict({**values, **overrides}, source="ensemble config")
     if top_k is not None:
         if top_k < 1 or tune_folder is None:

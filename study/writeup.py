@@ -11,9 +11,31 @@ from pathlib import Path
 
 from study.common.files import write_text
 from study.common.report import provenance_lines
+from study.common.results import StageResults
 from study.reader import StudyResults, load
 
 REPORT_FILE = "REPORT.md"
+
+
+def section(stage: StageResults, root: Path) -> list[str]:
+    """The stage's own section of the report (each stage writes its own)."""
+    from study.stages.ensemble.report import ensemble_section
+    from study.stages.ensemble.results import EnsembleResults
+    from study.stages.sweep.report import sweep_section
+    from study.stages.sweep.results import SweepResults
+    from study.stages.train import TrainResults, train_section
+    from study.stages.tune.report import tune_section
+    from study.stages.tune.results import TuneResults
+
+    if isinstance(stage, SweepResults):
+        return sweep_section(stage, root)
+    if isinstance(stage, TuneResults):
+        return tune_section(stage, root)
+    if isinstance(stage, EnsembleResults):
+        return ensemble_section(stage, root)
+    if isinstance(stage, TrainResults):
+        return train_section(stage, root)
+    raise TypeError(f"no report section for {type(stage).__name__}")
 
 
 def report_lines(results: StudyResults) -> list[str]:
@@ -24,7 +46,7 @@ def report_lines(results: StudyResults) -> list[str]:
     if results.ensemble is not None:
         lines += anchor_section(results.run.get("file") or {}, results.ensemble)
     for stage in results.stages():
-        body = stage.report_section(root)  # starts with its "## title" and a blank line
+        body = section(stage, root)  # starts with its "## title" and a blank line
         lines += [
             *body[:2],
             "### What was run",

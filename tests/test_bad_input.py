@@ -113,8 +113,8 @@ CASES = {
         "numeric",
     ),
     # ensemble
-    "ensemble members 0": (["ensemble", *DIGITS, "--members", "0"], "--members must be >= 2"),
-    "ensemble members 1": (["ensemble", *DIGITS, "--members", "1"], "--members must be >= 2"),
+    "ensemble members 0": (["ensemble", *DIGITS, "--members", "0"], "members must be >= 2"),
+    "ensemble members 1": (["ensemble", *DIGITS, "--members", "1"], "members must be >= 2"),
     "ensemble resnet": (["ensemble", *DIGITS, "--resnet", "resnet9"], "unknown --resnet"),
     "ensemble from without best": (["ensemble", "--from", "{tmp}"], "no best.json"),
     "ensemble best not json": (["ensemble", "--from", "{best:{oops}"], "not valid JSON"),

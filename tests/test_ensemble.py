@@ -219,7 +219,7 @@ def test_resume_reuses_checkpointed_members_and_plain_rerun_is_refused(small_ens
     assert refused.exit_code == 2 and "already holds results" in refused.stderr
     result = runner.invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
-    assert "0 models to train, 12 reused" in result.output
+    assert "0 models to train, 12 read back" in result.output
     assert (folder / "members" / "r0_seed_00" / "model.pt").stat().st_mtime_ns == before
 
 
@@ -229,7 +229,7 @@ def test_a_damaged_checkpoint_is_named_and_retrained(small_ensemble):
     (folder / "members" / "r1_bagged_02" / "predictions.npz").write_bytes(b"garbage")
     result = runner.invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
-    assert "r1_bagged_02's checkpoint cannot be read" in result.output
+    assert "r1_bagged_02's saved output cannot be read" in result.output
     assert "1 models to train, 11 reused" in result.output
 
 

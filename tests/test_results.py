@@ -24,7 +24,9 @@ def frames_of(results: StudyResults) -> dict[str, pd.DataFrame]:
         for name, value in vars(stage).items():
             if isinstance(value, pd.DataFrame):
                 found[f"{type(stage).__name__}.{name}"] = value
-            elif isinstance(value, dict) and value and all(isinstance(v, pd.DataFrame) for v in value.values()):
+            elif (
+                isinstance(value, dict) and value and all(isinstance(v, pd.DataFrame) for v in value.values())
+            ):
                 found.update({f"{type(stage).__name__}.{name}.{k}": v for k, v in value.items()})
     return found
 
@@ -71,9 +73,10 @@ def test_config_columns_are_expanded_and_typed():
     completed = trials[trials["status"] == "completed"]
     assert (completed["config.optimizer"] == completed["optimizer"]).all()
     assert results.best_config == results.tune.best_config
-    assert results.tune.best["trial_id"] == pd.read_json(
-        ROOT / "results" / "fashion" / "tune" / "best.json", typ="series"
-    )["trial_id"]
+    assert (
+        results.tune.best["trial_id"]
+        == pd.read_json(ROOT / "results" / "fashion" / "tune" / "best.json", typ="series")["trial_id"]
+    )
 
 
 def test_a_stage_folder_loads_its_whole_study():

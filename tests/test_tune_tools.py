@@ -119,7 +119,8 @@ def test_optuna_storage_reproduces_the_trials_table(study):
 def test_resume_rebuilds_the_optuna_storage_without_duplicates(study, tmp_path):
     copy = tmp_path / "tools"
     shutil.copytree(study.folder.parent, copy)
-    from study.stages.tune.optuna_store import OPTUNA_FILE, write_optuna_study
+    from study.stages.tune.optuna_store import write_optuna_study
+    from study.stages.tune.results import OPTUNA_FILE
     from study.stages.tune.space import default_space
 
     for _ in range(2):  # the writer alone, twice
@@ -185,6 +186,7 @@ def test_files_written_beside_ray_shutdown_are_complete_and_their_errors_surface
     """The study's files are written in a thread while Ray shuts down; run_study returns only
     once they are all there, and a failure to write one is raised, not lost in the thread."""
     from study.common.cluster import ClusterOptions
+    from study.common.context import RunContext
     from study.stages.tune import figures
     from study.stages.tune.run import TuneSettings, run_study
     from study.stages.tune.space import parse_space
@@ -194,12 +196,11 @@ def test_files_written_beside_ray_shutdown_are_complete_and_their_errors_surface
         base=TrialConfig(dataset="digits", epochs=1),
         space=space,
         settings=TuneSettings(trials=1, scheduler="none"),
-        cluster=ClusterOptions(dashboard=False),
-        data=digits,
-        out=tmp_path,
-        say=lambda *_: None,
     )
-    _, _, folder = run_study(name="ok", **kwargs)
+    context = RunContext(
+        data=digits, out=tmp_path, name="ok", cluster=ClusterOptions(dashboard=False), progress=lambda _: None
+    )
+    folder = run_study(context=context, **kwargs).folder
     for name in ("trials.parquet", "epochs.parquet", "summary.md", "optuna.db", "run.json"):
         assert (folder / name).is_file(), name
     assert list(folder.glob("*.png"))
@@ -209,7 +210,7 @@ def test_files_written_beside_ray_shutdown_are_complete_and_their_errors_surface
 
     monkeypatch.setattr(figures, "write_tune_figures", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        run_study(name="full", **kwargs)
+        run_study(context=context.but(name="full"), **kwargs)
     assert (tmp_path / "full" / "tune" / "trials.parquet").is_file()  # written before the figures
     assert not (tmp_path / "full" / "tune" / "run.json").exists()  # the run never claimed to end
 

@@ -76,7 +76,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import study.cli
 t1 = time.perf_counter()
-import study.stages.train
+import lenet_core.train
 t2 = time.perf_counter()
 from lenet_core.data import load_dataset
 data = load_dataset("fashion-mnist", data_dir=sys.argv[1])
@@ -238,7 +238,7 @@ def ours_breakdown(runs: list[dict[str, Any]], probe: dict[str, float], python_s
     return {
         "python start": python_start,
         "import study.cli (typer, rich)": probe["import_study_cli"],
-        "import study.stages.train (torch)": probe["import_study_train"],
+        "import lenet_core.train (torch)": probe["import_study_train"],
         "load_dataset (decoded cache)": probe["load_dataset"],
         "train_trial: split (split cache)": probe["split"],
         "train_trial: import torch._dynamo (Adam)": probe["import_torch_dynamo"],

@@ -181,6 +181,7 @@ def tune_overhead(data: ImageData, settings: BenchSettings) -> dict[str, Any]:
     """A real 2-at-a-time study in this process: overhead per trial, time to first step, CPU
     use, memory, and whether every trial read the dataset zero-copy."""
     from study.common.cluster import ClusterOptions
+    from study.common.context import RunContext
     from study.stages.tune.run import TuneSettings, run_study
     from study.stages.tune.space import parse_space
 
@@ -210,18 +211,16 @@ def tune_overhead(data: ImageData, settings: BenchSettings) -> dict[str, Any]:
     quiet = contextlib.redirect_stdout(io.StringIO())  # the study's own progress lines
     with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp, CpuSampler() as cpu, quiet:
         wall_start = time.time()
-        trials, epochs, _ = run_study(
+        results = run_study(
             base=base,
             space=space,
             settings=TuneSettings(trials=settings.overhead_trials, scheduler="none"),
-            cluster=cluster,
-            data=data,
-            out=Path(tmp),
-            name="bench",
-            resume=False,
-            say=lambda *_: None,
+            context=RunContext(
+                data=data, out=Path(tmp), name="bench", cluster=cluster, progress=lambda _: None
+            ),
             probe_memory=True,
         )
+        trials, epochs = results.trials, results.epochs
         wall = time.time() - wall_start
     first, last = trials["start_time"].min(), trials["end_time"].max()
     busy = last - first

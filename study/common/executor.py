@@ -167,8 +167,7 @@ def map_on_ray(
         return
     data_ref = ray.put(data)
     task = ray.remote(fn).options(
-        num_cpus=plan.cpus_per_trial,
-        num_gpus=plan.gpus_per_trial,
+        **plan.task_options(),  # CPUs, GPUs, and spread over the nodes that have room
         max_retries=TASK_MAX_RETRIES,
         retry_exceptions=False,
     )

@@ -34,7 +34,7 @@ class StageResults(Protocol):
     @classmethod
     def read(cls, folder: Path) -> Self: ...
 
-    def report_section(self, root: Path) -> list[str]: ...
+    run: dict[str, Any]  # run.json: provenance, and how the run ended
 
 
 def expand_configs(frame: pd.DataFrame) -> pd.DataFrame:

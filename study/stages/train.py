@@ -62,20 +62,23 @@ class TrainResults:
             folder=folder,
         )
 
-    def report_section(self, root: Path) -> list[str]:
-        from study.common.report import md, pct
 
-        result = self.result
-        return [
-            "## Single training run",
-            "",
-            f"{result['status']} after {result['epochs_run']} epochs: test accuracy "
-            f"{pct(result['test_acc'])}, validation {pct(result['best_val_acc'])}, "
-            f"{result['images_per_s']:,.0f} training images/s.",
-            "",
-            md(self.epochs),
-            "",
-        ]
+
+def train_section(results: TrainResults, root: Path) -> list[str]:
+    """The train stage's section of REPORT.md."""
+    from study.common.report import md, pct
+
+    result = results.result
+    return [
+        "## Single training run",
+        "",
+        f"{result['status']} after {result['epochs_run']} epochs: test accuracy "
+        f"{pct(result['test_acc'])}, validation {pct(result['best_val_acc'])}, "
+        f"{result['images_per_s']:,.0f} training images/s.",
+        "",
+        md(results.epochs),
+        "",
+    ]
 
 
 def run_train(config: TrialConfig, *, context: RunContext) -> tuple[TrainResults, TrialResult]:

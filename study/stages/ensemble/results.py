@@ -79,6 +79,12 @@ class EnsembleResults:
 
     # ------------------------------------------------------------------ files
     def write(self, folder: Path) -> None:
+        """Every table, and run.json last (the figures need the models: the stage draws them
+        between the two, ``write_tables`` then ``write_run_info``)."""
+        self.write_tables(folder)
+        write_run_info(folder, self.run)
+
+    def write_tables(self, folder: Path) -> None:
         write_table(stored_form(self.members), folder / MEMBERS)
         write_table(self.comparison_by_repeat, folder / COMPARISON_BY_REPEAT)
         write_table(self.comparison, folder / COMPARISON, markdown=True)
@@ -86,7 +92,6 @@ class EnsembleResults:
         write_json(folder / DIVERSITY_FILE, self.diversity)
         write_table(self.predictions, folder / PREDICTIONS, csv=False)
         write_table(self.per_class, folder / PER_CLASS)
-        write_run_info(folder, self.run)
 
     @classmethod
     def read(cls, folder: Path) -> EnsembleResults:
@@ -109,7 +114,3 @@ class EnsembleResults:
             folder=folder,
         )
 
-    def report_section(self, root: Path) -> list[str]:
-        from study.stages.ensemble.report import ensemble_section
-
-        return ensemble_section(self, root)

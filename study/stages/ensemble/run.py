@@ -26,6 +26,7 @@ from study.common.context import RunContext
 from study.common.executor import UnreadableOutput, run_units
 from study.common.files import provenance, read_json
 from study.common.placement import without_placement
+from study.common.results import write_run_info
 from study.stages.ensemble.members import (
     MemberOutput,
     MemberSpec,
@@ -51,7 +52,7 @@ def find_tune_folder(from_dir: Path) -> Path:
         if (candidate / BEST_FILE).is_file():
             return candidate
     raise StudyError(
-        f"--from {from_dir}: no tuned config there (looked in {from_dir}/tune and {from_dir}); "
+        f"--from {from_dir}: no {BEST_FILE} there (looked in {from_dir}/tune and {from_dir}); "
         "run study tune first or pass --config"
     )
 
@@ -141,8 +142,9 @@ def run_ensemble(
             trained = [outputs[s.name] for s in specs]
             run = provenance(context.data, kind=STAGE, plan=vars(plan))
             results = dataclasses.replace(analyze(trained, context.data, run=run), folder=folder)
-            results.write(folder)
+            results.write_tables(folder)
             write_figures(trained, results, context.data, folder)
+            write_run_info(folder, results.run)  # last: the run's files are complete
             return results
 
         results = run_units(

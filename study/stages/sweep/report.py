@@ -22,18 +22,16 @@ if TYPE_CHECKING:
 
 
 def sweep_section(results: SweepResults, root: Path) -> list[str]:
-    from study.stages.sweep.results import COMPARE_AT, SELECTED, SELECTION
-
     runs, summary, run, file = results.runs, results.summary, results.run, results.file
     swept, select = results.swept, results.select
     sentences: list[str] = []
     tables: list[tuple[str, pd.DataFrame]] = []
     if select:
-        selection, selected = results.views[SELECTION], results.views[SELECTED]
+        selection, selected = results.selection, results.selected
         sentences += _selection_sentences(selection, selected, swept, select)
         tables.append((f"Each at its {select} chosen by validation: test error {STATS_NOTE}", selected))
     if results.compare_at:
-        at = results.views[COMPARE_AT]
+        at = results.compared_at
         where = ", ".join(f"{k}={_value(v)}" for k, v in results.compare_at.items())
         sentences.append(f"With every condition at {where}: " + _claim(at, swept))
         tables.append((f"Every condition at {where}: test error {STATS_NOTE}", at))

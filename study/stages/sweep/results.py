@@ -96,6 +96,21 @@ class SweepResults:
         return dict(self.file.get("compare_at") or {}) if COMPARE_AT in self.views else {}
 
     @property
+    def selection(self) -> pd.DataFrame | None:
+        """Every grid point's validation mean, the chosen value of ``select`` marked."""
+        return self.views.get(SELECTION)
+
+    @property
+    def selected(self) -> pd.DataFrame | None:
+        """The summary of the chosen points, compared on test error."""
+        return self.views.get(SELECTED)
+
+    @property
+    def compared_at(self) -> pd.DataFrame | None:
+        """The summary of every condition at the ``compare_at`` value."""
+        return self.views.get(COMPARE_AT)
+
+    @property
     def best_config(self) -> TrialConfig | None:
         """The config of the condition with the highest mean selection metric over its ok seeds
         (chosen on validation, never test); its seed is the first of that condition's."""
@@ -112,12 +127,17 @@ class SweepResults:
 
     # ------------------------------------------------------------------ files
     def write(self, folder: Path) -> None:
+        """Every table, the figures, and run.json last: its presence says the files are complete."""
+        self.write_tables(folder)
+        self.write_figures(folder)
+        write_run_info(folder, self.run)
+
+    def write_tables(self, folder: Path) -> None:
         write_table(stored_form(self.runs), folder / RUNS)
         write_table(self.epochs, folder / EPOCHS, csv=False)
         write_table(self.summary, folder / SUMMARY, markdown=True)
         for name, view in self.views.items():
             write_table(view, folder / name, markdown=True)
-        write_run_info(folder, self.run)
 
     def write_figures(self, folder: Path) -> None:
         """Per-epoch curves (of the selected points, with ``select``), training against validation,
@@ -182,10 +202,6 @@ class SweepResults:
             folder=folder,
         )
 
-    def report_section(self, root: Path) -> list[str]:
-        from study.stages.sweep.report import sweep_section
-
-        return sweep_section(self, root)
 
 
 def _current(frame: pd.DataFrame) -> pd.DataFrame:

@@ -87,7 +87,6 @@ def run_sweep(plan: SweepPlan, *, context: RunContext) -> SweepResults:
         def tables(outputs: dict[str, RunOutput]) -> SweepResults:
             results = dataclasses.replace(sweep_results(plan, runs, outputs, context.data), folder=folder)
             results.write(folder)
-            results.write_figures(folder)
             return results
 
         return run_units(

@@ -158,7 +158,13 @@ class TuneResults:
 
     # ------------------------------------------------------------------ files
     def write(self, folder: Path) -> None:
-        """Every table, best.json, summary.md, optuna.db, study.json and run.json."""
+        """Every table, best.json, summary.md, optuna.db, study.json, the figures, and run.json
+        last: its presence says the run's files are complete."""
+        self.write_tables(folder)
+        self.write_figures(folder)
+        write_run_info(folder, self.run)
+
+    def write_tables(self, folder: Path) -> None:
         from study.stages.tune.optuna_store import write_optuna_study
 
         trials = stored_form(self.trials)
@@ -186,7 +192,6 @@ class TuneResults:
                 "stop_reason": self.end.reason,
             },
         )
-        write_run_info(folder, self.run)
 
     def write_figures(self, folder: Path) -> None:
         from study.stages.tune.figures import write_tune_figures
@@ -239,7 +244,3 @@ class TuneResults:
             trials=expand_configs(trials), epochs=epochs, identity=identity, end=end, run=run, folder=folder
         )
 
-    def report_section(self, root: Path) -> list[str]:
-        from study.stages.tune.report import tune_section
-
-        return tune_section(self, root)

@@ -317,14 +317,9 @@ def _fit(
         results = study_results(
             trials, epochs, identity=identity, settings=settings, budget_spent=budget_spent, data=data
         )
-        writing = then(write_results, results, folder)
+        writing = then(results.write, folder)
     writing.result()
     return dataclasses.replace(results, folder=folder)
-
-
-def write_results(results: TuneResults, folder: Path) -> None:
-    results.write(folder)
-    results.write_figures(folder)
 
 
 def study_results(
