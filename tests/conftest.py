@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
@@ -10,7 +11,9 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,19 @@ def private_home_and_ray_folders(tmp_path_factory):
         else:
             os.environ[key] = value
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def gc_left_unfrozen() -> Iterator[None]:
+    """``study.cli.main()`` ends with gc.freeze(), right for a command about to exit; in the
+    pytest process it would keep every object alive so far out of the collector for the rest of
+    the run. A test that leaves it frozen is undone and fails (call main() in a subprocess, or
+    patch ``study.cli.gc.freeze``)."""
+    frozen = gc.get_freeze_count()
+    yield
+    if gc.get_freeze_count() > frozen:
+        gc.unfreeze()
+        pytest.fail("the test left gc.freeze() on in the pytest process (study.cli.main() calls it)")
 
 
 @pytest.fixture(scope="session")
@@ -121,7 +137,7 @@ RUN_LIMIT_S = 120.0
 def ray_env() -> Iterator[Path]:
     """Ray's files and unix sockets in a short temp dir (sockets need < 108 characters), HOME
     there too (Ray writes ~/.ray), and token auth on as Ray 2.60 has it by default."""
-    from ray._private.authentication_test_utils import reset_auth_token_state
+    from study.common.ray_adapter import reset_auth_token_cache
 
     folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     with pytest.MonkeyPatch.context() as env:
@@ -133,28 +149,50 @@ def ray_env() -> Iterator[Path]:
         }.items():
             env.setenv(name, value)
         # Ray caches the token in-process: drop whatever an earlier test left there.
-        reset_auth_token_state()
+        reset_auth_token_cache()
         yield folder
-    reset_auth_token_state()
+    reset_auth_token_cache()
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture
-def loopback_cluster(ray_env: Path) -> Iterator[tuple[Any, Any]]:
-    """A head and one worker node, 1 CPU each, every port on 127.0.0.1 (as `ray start
-    --node-ip-address 127.0.0.1` starts them); yields (cluster, worker node)."""
+@contextmanager
+def two_node_cluster(*, cpus: int = 1, worker_env: dict[str, str] | None = None) -> Iterator[tuple[Any, Any]]:
+    """A head and one worker node of ``cpus`` (logical) CPUs each, every port on 127.0.0.1 (as
+    `ray start --node-ip-address 127.0.0.1` starts them); ``worker_env`` is added to the worker
+    node's environment (its raylet and the processes it starts). Yields (cluster, worker node).
+    Needs ``ray_env``."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "node_ip_address": LOOPBACK, "include_dashboard": False},
+        head_node_args={"num_cpus": cpus, "node_ip_address": LOOPBACK, "include_dashboard": False},
     )
     try:
-        worker = cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK)
+        extra = {"env_vars": worker_env} if worker_env else {}
+        worker = cluster.add_node(num_cpus=cpus, node_ip_address=LOOPBACK, **extra)
         cluster.wait_for_nodes(timeout=60)
         yield cluster, worker
     finally:
         cluster.shutdown()  # only the processes of these two nodes
+
+
+@pytest.fixture
+def loopback_cluster(ray_env: Path) -> Iterator[tuple[Any, Any]]:
+    """A head and one worker node, 1 CPU each, every port on 127.0.0.1; yields (cluster, worker)."""
+    with two_node_cluster() as nodes:
+        yield nodes
+
+
+def wait_until(condition: Callable[[], Any], what: str, limit_s: float = RUN_LIMIT_S) -> Any:
+    """Poll ``condition()`` until it returns something true, and return that; fail the test,
+    naming ``what``, if it has not within ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"still waiting after {limit_s:g} s for {what}"
+        time.sleep(0.05)
 
 
 def run_bounded(work: Callable[[], Any], limit_s: float = RUN_LIMIT_S) -> Any:

@@ -101,6 +101,7 @@ def test_two_hundred_trials_complete_and_driver_memory_stays_flat(tmp_path):
     from lenet_core.config import TrialConfig
     from lenet_core.data import load_dataset
     from study.common.cluster import ClusterOptions
+    from study.common.context import RunContext
     from study.stages.tune.run import TuneSettings, run_study
     from study.stages.tune.space import default_space
 
@@ -109,18 +110,20 @@ def test_two_hundred_trials_complete_and_driver_memory_stays_flat(tmp_path):
     def record(done):
         samples[done] = psutil.Process().memory_info().rss / 2**20
 
-    trials, _, _ = run_study(
-        base=TrialConfig(dataset="digits", epochs=1, train_fraction=0.25),
-        space=default_space(),
-        settings=TuneSettings(trials=200, scheduler="none"),
-        cluster=ClusterOptions(dashboard=False),
+    context = RunContext(
         data=load_dataset("digits"),
         out=tmp_path,
         name="load",
-        resume=False,
-        say=lambda *_: None,
-        on_trial_done=record,
+        cluster=ClusterOptions(dashboard=False),
+        progress=lambda _: None,
     )
+    trials = run_study(
+        base=TrialConfig(dataset="digits", epochs=1, train_fraction=0.25),
+        space=default_space(),
+        settings=TuneSettings(trials=200, scheduler="none"),
+        context=context,
+        on_trial_done=record,
+    ).trials
     assert len(trials) == 200 and trials["trial_id"].is_unique
     after_20, at_end = samples[20], samples[max(samples)]
     (tmp_path / "memory.json").write_text(json.dumps({"after_20_mb": after_20, "at_end_mb": at_end}))

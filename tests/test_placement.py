@@ -44,7 +44,8 @@ def granted_a_gpu(monkeypatch):
         return FakeResult(config)
 
     monkeypatch.setattr("study.common.placement.current_placement", lambda: GPU)
-    for module in ("study.stages.sweep.run", "study.stages.tune.trial"):  # each stage's worker calls train_trial
+    # each stage's worker calls train_trial
+    for module in ("study.stages.sweep.run", "study.stages.tune.trial"):
         monkeypatch.setattr(f"{module}.train_trial", fake_train)
     return seen
 

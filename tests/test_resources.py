@@ -51,12 +51,27 @@ def test_impossible_resource_requests(kwargs, message):
         plan_resources(**args)
 
 
+def test_tasks_spread_over_nodes_and_tune_reuses_actors_on_one_node_only():
+    plan = plan_resources(
+        total_cpus=8, total_gpus=2, cpus_per_trial=2, gpus_per_trial=0.5, max_concurrent=None
+    )
+    assert plan.task_options() == {"num_cpus": 2, "num_gpus": 0.5, "scheduling_strategy": "SPREAD"}
+    assert plan.nodes == 1 and plan.reuse_actors
+    on_two = plan_resources(
+        total_cpus=8, total_gpus=0, cpus_per_trial=1, gpus_per_trial=None, max_concurrent=None, nodes=2
+    )
+    assert on_two.nodes == 2 and not on_two.reuse_actors
+
+
 @pytest.mark.slow
 def test_ray_places_fractional_gpu_trials_on_logical_gpus():
-    """Ray's logical GPUs (no CUDA needed): 0.5 GPU tasks run four at a time on two 'GPUs'."""
-    import time
+    """Ray's logical GPUs (no CUDA needed): 0.5 GPU tasks run four at a time on two 'GPUs'.
 
+    Four tasks wait at a gate: all four started while every GPU was taken and the rest waited;
+    the gate opens and the other four do the same."""
     import ray
+
+    from tests.conftest import wait_until
 
     # address="local": a new Ray of our own, never another cluster running on this machine
     ray.init(address="local", num_cpus=8, num_gpus=2, include_dashboard=False, log_to_driver=False)
@@ -65,17 +80,42 @@ def test_ray_places_fractional_gpu_trials_on_logical_gpus():
             total_cpus=8, total_gpus=2, cpus_per_trial=1, gpus_per_trial=0.5, max_concurrent=None
         )
 
-        @ray.remote
-        def occupy() -> tuple[float, float, list]:
-            start = time.time()
-            time.sleep(1.0)
-            return start, time.time(), ray.get_runtime_context().get_accelerator_ids()["GPU"]
+        @ray.remote(num_cpus=0)
+        class Gate:
+            """Counts the tasks running (and the most at once) and holds them until opened."""
 
-        task = occupy.options(num_cpus=plan.cpus_per_trial, num_gpus=plan.gpus_per_trial)
-        spans = ray.get([task.remote() for _ in range(8)])
-        peak = max(sum(s <= t < e for s, e, _ in spans) for t, _, _ in spans)
-        assert peak == plan.concurrent == 4
-        assert all(len(ids) == 1 and ids[0] in ("0", "1") for _, _, ids in spans)
+            def __init__(self) -> None:
+                import asyncio
+
+                self.running, self.most, self.opened = 0, 0, asyncio.Event()
+
+            async def enter(self) -> None:
+                self.running += 1
+                self.most = max(self.most, self.running)
+                await self.opened.wait()
+                self.running -= 1
+
+            def open(self) -> None:
+                self.opened.set()
+
+            def state(self) -> tuple[int, int]:
+                return self.running, self.most
+
+        @ray.remote
+        def occupy(gate) -> list:
+            ray.get(gate.enter.remote())
+            return ray.get_runtime_context().get_accelerator_ids()["GPU"]
+
+        gate = Gate.remote()
+        refs = [occupy.options(**plan.task_options()).remote(gate) for _ in range(8)]
+        wait_until(lambda: ray.get(gate.state.remote())[0] == plan.concurrent, "four tasks at the gate")
+        # Ray's own books: the four hold every GPU, so no fifth task can start
+        wait_until(lambda: ray.available_resources().get("GPU", 0) == 0, "every GPU taken")
+        assert ray.get(gate.state.remote()) == (plan.concurrent, plan.concurrent) == (4, 4)
+        gate.open.remote()
+        ids = ray.get(refs)
+        assert ray.get(gate.state.remote()) == (0, 4)  # never more than four at once
+        assert all(len(i) == 1 and i[0] in ("0", "1") for i in ids)
     finally:
         ray.shutdown()
 

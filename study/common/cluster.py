@@ -2,14 +2,21 @@
 
 Ray rewrites 127.0.0.1 to this machine's interface address, both in ``ray.init(address=...)``
 and for the processes it starts, so by default a local session listens on every interface and
-a cluster whose nodes all sit on 127.0.0.1 cannot be joined. A session on loopback therefore
-switches that rewrite off (see ``_this_machine_is_loopback``).
+a cluster whose nodes all sit on 127.0.0.1 cannot be joined: ``ray.init(address=...)`` retries
+a loopback-only GCS forever, and ``_node_ip_address`` no longer keeps the GCS, raylet and agents
+on loopback (they listen on 127.0.0.1 only when that is the node's address). A session on
+loopback therefore switches that rewrite off (``ray_adapter.loopback_as_this_machine``).
+
+Ray's private modules are used through ``study.common.ray_adapter`` only. A session restores on
+exit everything global it changed: environment variables (ours and those ``ray.init`` sets), the
+loopback switch, and the "ray" logger's level and formats.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import math
 import os
 import socket
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from lenet_core.errors import ConfigError, StudyError
+from study.common import ray_adapter
 
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = ("0.0.0.0", "::")
@@ -35,20 +43,44 @@ GCS_CONNECT_TIMEOUT_MS = 3000
 GCS_CALL_TIMEOUT_S = 5
 LOCAL_NODE_WAIT_S = 5.0
 # Ray's switch (meant for macOS and Windows) that makes it take 127.0.0.1 as this machine.
-LOOPBACK_SWITCH_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK_SWITCH_ENV = ray_adapter.LOOPBACK_SWITCH_ENV
 AUTH_HINT = "if it uses token auth, set RAY_AUTH_MODE=token"
 
 
 @dataclass(frozen=True)
 class ResourcePlan:
-    """What each trial asks Ray for, and how many trials fit side by side."""
+    """What each trial asks Ray for, how many trials fit side by side, and on how many nodes."""
 
     cpus_per_trial: int
     gpus_per_trial: float
     concurrent: int
+    nodes: int = 1  # live nodes of the cluster when the session began
 
     def as_ray_resources(self) -> dict[str, float]:
+        """A Tune trial's request: Tune makes it a one-bundle placement group per trial. Ray places
+        each such group on the node with the most room left, whatever its strategy (PACK or
+        SPREAD only matter between the bundles of one group), so trials spread by themselves."""
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+    @property
+    def reuse_actors(self) -> bool:
+        """Whether Tune may reuse a finished trial's actor for the next trial (Tune's
+        ``reuse_actors``): only on one node. On several, a reused actor stays on its node and
+        Tune hands it the trials already waiting for an actor starting elsewhere (and cancels
+        that one): short trials on a node that starts workers first then all run there."""
+        return self.nodes <= 1
+
+    def task_options(self) -> dict[str, Any]:
+        """Ray task options for one unit of work (``ray.remote(fn).options(**...)``).
+
+        SPREAD: Ray's default places a task on the driver's node until half of it is busy, so two
+        1-CPU tasks on a cluster of 4-CPU nodes both ran on the head; SPREAD puts each on the next
+        node that has room (on one node it changes nothing)."""
+        return {
+            "num_cpus": self.cpus_per_trial,
+            "num_gpus": self.gpus_per_trial,
+            "scheduling_strategy": "SPREAD",
+        }
 
 
 def check_gpus_per_trial(value: float) -> None:
@@ -66,6 +98,7 @@ def plan_resources(
     cpus_per_trial: int,
     gpus_per_trial: float | None,
     max_concurrent: int | None,
+    nodes: int = 1,
 ) -> ResourcePlan:
     """How many trials run at once given the cluster's CPUs and GPUs and what a trial needs.
 
@@ -93,7 +126,9 @@ def plan_resources(
         fits = min(fits, int(total_gpus / gpus_per_trial + 1e-9))
     if max_concurrent is not None:
         fits = min(fits, max_concurrent)
-    return ResourcePlan(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, concurrent=fits)
+    return ResourcePlan(
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, concurrent=fits, nodes=max(1, nodes)
+    )
 
 
 @dataclass(frozen=True)
@@ -181,22 +216,20 @@ def probe_main(address: str) -> None:
     minutes; in a child they are silent and bounded. The answer lists the addresses of the
     cluster's live nodes that run on this machine, head first: the driver attaches to one.
     """
-    try:
-        from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
-        from ray._raylet import InnerGcsClient
-        from ray.exceptions import AuthenticationError
-    except ImportError as exc:  # a Ray without these internals: let ray.init do its own checks
-        print(json.dumps({"unsupported": _first_line(exc)}))
-        return
+    from ray.exceptions import AuthenticationError
+
     try:
         # Ray aborts the process when token auth is on and no token exists; this raises instead.
-        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
-        client = InnerGcsClient.standalone(address, None, GCS_CONNECT_TIMEOUT_MS)
+        ray_adapter.ensure_auth_token_present()
+        client = ray_adapter.gcs_client(address, GCS_CONNECT_TIMEOUT_MS)
         local = _local_node_ips(client)
         deadline = time.monotonic() + LOCAL_NODE_WAIT_S
         while not local and time.monotonic() < deadline:  # a node just started may not be registered
             time.sleep(0.5)
             local = _local_node_ips(client)
+    except ImportError as exc:  # a Ray without these internals: let ray.init do its own checks
+        print(json.dumps({"unsupported": _first_line(exc)}))
+        return
     except Exception as exc:
         auth = isinstance(exc, AuthenticationError) or "token" in str(exc).lower()
         print(json.dumps({"error": _first_line(exc), "auth": auth}))
@@ -206,17 +239,10 @@ def probe_main(address: str) -> None:
 
 def _local_node_ips(client: Any) -> list[str]:
     """Addresses of the live nodes of ``client``'s cluster whose raylet runs on this machine."""
-    from ray._private.services import find_node_ids
-    from ray.core.generated.gcs_pb2 import GcsNodeInfo
-
-    nodes = client.get_all_node_info(timeout=GCS_CALL_TIMEOUT_S, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)
-    here = set(find_node_ids())  # from the command lines of the raylets running here
-    local = sorted(
-        (not info.is_head_node, info.node_manager_address)
-        for node_id, info in nodes.items()
-        if node_id.hex() in here
-    )
-    return [ip for _, ip in local]
+    here = ray_adapter.node_ids_on_this_machine()
+    nodes = ray_adapter.alive_nodes(client, GCS_CALL_TIMEOUT_S)
+    local = sorted((not head, address) for node_id, head, address in nodes if node_id in here)
+    return [address for _, address in local]
 
 
 def probe_ray_cluster(address: str) -> str | None:
@@ -363,29 +389,31 @@ class RaySession:
         return f"Ray dashboard: {self.no_dashboard}"
 
 
+# Loggers whose level and formats ``ray.init(logging_level=..., configure_logging=True)`` sets.
+RAY_LOGGERS = ("ray",)
+
+
 @contextmanager
-def _this_machine_is_loopback() -> Iterator[None]:
-    """Make Ray take 127.0.0.1 as this machine's address, in the driver and all it starts.
-
-    Otherwise Ray rewrites 127.0.0.1 to the interface address: ``ray.init(address=...)`` then
-    retries a loopback-only GCS forever, and ``_node_ip_address`` no longer keeps the GCS,
-    raylet and agents on loopback (they listen on 127.0.0.1 only when that is the node's
-    address). The environment variable reaches the processes Ray starts; the constant is set
-    too because Ray reads the variable once, when it is imported.
-    """
-    from ray._private import ray_constants
-
-    saved_env, saved_flag = os.environ.get(LOOPBACK_SWITCH_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[LOOPBACK_SWITCH_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+def _globals_restored() -> Iterator[None]:
+    """On exit, put back what a session changed in this process: every environment variable
+    (ours, such as RAY_AIR_NEW_OUTPUT, and those ``ray.init`` sets: PYTHONBREAKPOINT,
+    RAY_USAGE_STATS_ENABLED, RAY_AUTH_MODE) to its value on entry, and Ray's loggers' levels and
+    formats. (The loopback switch restores itself: ``ray_adapter.loopback_as_this_machine``.)"""
+    environment = dict(os.environ)
+    loggers = [logging.getLogger(name) for name in RAY_LOGGERS]
+    levels = [(logger, logger.level, [(h, h.formatter) for h in logger.handlers]) for logger in loggers]
     try:
         yield
     finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(LOOPBACK_SWITCH_ENV, None)
-        else:
-            os.environ[LOOPBACK_SWITCH_ENV] = saved_env
+        for key in [k for k in os.environ if k not in environment]:
+            del os.environ[key]
+        for key, value in environment.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        for logger, level, formats in levels:
+            logger.setLevel(level)
+            for handler, formatter in formats:
+                handler.setFormatter(formatter)
 
 
 def _join(address: str, stack: ExitStack) -> Any:
@@ -398,7 +426,7 @@ def _join(address: str, stack: ExitStack) -> Any:
         node_ip = probe_ray_cluster(address)
         # The driver takes the address of the node it attaches to; guess from --address if unknown.
         if is_loopback(node_ip if node_ip is not None else host):
-            stack.enter_context(_this_machine_is_loopback())
+            stack.enter_context(ray_adapter.loopback_as_this_machine())
             if is_loopback(host):
                 address = f"{LOOPBACK}:{port}"  # localhost or ::1 would miss a GCS on 127.0.0.1
     stack.callback(ray.shutdown)  # also after a half-made connection
@@ -428,7 +456,7 @@ def _start_local(cluster: ClusterOptions, stack: ExitStack) -> Any:
     for warning in filter(None, warnings):
         print(warning, file=sys.stderr)
     if bind == LOOPBACK:
-        stack.enter_context(_this_machine_is_loopback())
+        stack.enter_context(ray_adapter.loopback_as_this_machine())
     stack.callback(ray.shutdown)  # also after a half-started node
     return ray.init(
         # "local": always a new instance of our own; without it Ray would attach to the last
@@ -457,20 +485,22 @@ def ray_session(cluster: ClusterOptions) -> Iterator[RaySession]:
     """
     import ray
 
-    # Tune's console output would fight our progress bar; the dashboard and files have it all.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    joining = cluster.address not in (None, "local")
-    if ray.is_initialized():
-        if joining:
-            raise StudyError(
-                f"Ray already runs in this process; --address {cluster.address} cannot join "
-                "another cluster (call ray.shutdown() first)"
-            )
-        no_dashboard = "none in the Ray session this process already runs"
-        yield _describe(_running_dashboard_url(), cluster, no_dashboard=no_dashboard)
-        return
-    # Ray shuts down before the loopback switch is undone: the stack unwinds last-in first.
+    # The stack unwinds last-in first: Ray shuts down, then the loopback switch is undone, then
+    # the environment and loggers are put back as they were.
     with ExitStack() as stack:
+        stack.enter_context(_globals_restored())
+        # Tune's console output would fight our progress bar; the dashboard and files have it all.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        joining = cluster.address not in (None, "local")
+        if ray.is_initialized():
+            if joining:
+                raise StudyError(
+                    f"Ray already runs in this process; --address {cluster.address} cannot join "
+                    "another cluster (call ray.shutdown() first)"
+                )
+            no_dashboard = "none in the Ray session this process already runs"
+            yield _describe(ray_adapter.running_dashboard_url(), cluster, no_dashboard=no_dashboard)
+            return
         context = _join(str(cluster.address), stack) if joining else _start_local(cluster, stack)
         no_dashboard = "off (--no-dashboard)" if not (joining or cluster.dashboard) else "not available"
         yield _describe(context.dashboard_url, cluster, no_dashboard=no_dashboard)
@@ -496,6 +526,7 @@ def _describe(url: str | None, cluster: ClusterOptions, *, no_dashboard: str) ->
     import ray
 
     resources = ray.cluster_resources()
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     total_cpus = float(resources.get("CPU", 0))
     total_gpus = float(resources.get("GPU", 0))
     if cluster.gpus is not None:  # a number caps what a joined cluster offers (--gpus 0: CPU only)
@@ -504,7 +535,7 @@ def _describe(url: str | None, cluster: ClusterOptions, *, no_dashboard: str) ->
         dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
         total_cpus=total_cpus,
         total_gpus=total_gpus,
-        token_auth=_token_auth_enabled(),
+        token_auth=ray_adapter.token_auth_enabled(),
         no_dashboard=no_dashboard,
         plan=plan_resources(
             total_cpus=total_cpus,
@@ -512,24 +543,6 @@ def _describe(url: str | None, cluster: ClusterOptions, *, no_dashboard: str) ->
             cpus_per_trial=cluster.cpus_per_trial,
             gpus_per_trial=cluster.gpus_per_trial,
             max_concurrent=cluster.max_concurrent,
+            nodes=nodes,
         ),
     )
-
-
-def _running_dashboard_url() -> str | None:
-    """The dashboard of the Ray this process already runs, if it has one (Ray keeps it private)."""
-    try:
-        from ray._private.worker import get_dashboard_url
-
-        return get_dashboard_url() or None
-    except Exception:  # another Ray version: the line then says "not available"
-        return None
-
-
-def _token_auth_enabled() -> bool:
-    try:
-        from ray._private.authentication.authentication_utils import is_token_auth_enabled
-
-        return bool(is_token_auth_enabled())
-    except Exception:  # older or newer Ray without this module: say nothing
-        return False

@@ -161,7 +161,9 @@ def build_tuner(
             resume_errored=True,
         )
         # Callbacks are driver-side display only; the restored ones are rebuilt fresh.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
+        from study.common.ray_adapter import set_restored_callbacks
+
+        set_restored_callbacks(tuner, callbacks)
         return tuner
     searcher = OptunaSearch(
         space=space.optuna_distributions(),
@@ -184,7 +186,9 @@ def build_tuner(
             scheduler=scheduler,
             num_samples=settings.trials,
             max_concurrent_trials=plan.concurrent,
-            reuse_actors=True,
+            # reuse on one node only: a reused actor keeps its node, so on a cluster trials piled onto
+            # the node whose trial ended first (study.common.cluster.ResourcePlan.reuse_actors)
+            reuse_actors=plan.reuse_actors,
             # Tune's own budget: once spent, no trial starts and running ones are stopped.
             time_budget_s=settings.time_budget_s,
         ),
