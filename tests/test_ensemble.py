@@ -230,7 +230,7 @@ def test_a_damaged_checkpoint_is_named_and_retrained(small_ensemble):
     result = runner.invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
     assert "r1_bagged_02's saved output cannot be read" in result.output
-    assert "1 models to train, 11 reused" in result.output
+    assert "1 models to train, 11 read back" in result.output
 
 
 @pytest.mark.slow
