@@ -23,7 +23,8 @@ import pytest
 from lenet_core.data import ImageData, load_dataset
 from study.bench.settings import FASHION_SYSTEM_COPY
 
-SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-5k"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout: lenet_core/, study/, experiments/
+SHARED_MNIST = PROJECT_ROOT.parent / "shared" / "data" / "mnist-5k"
 
 
 @pytest.fixture(scope="session", autouse=True)

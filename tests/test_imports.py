@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_idx_set
+from tests.conftest import PROJECT_ROOT, write_idx_set
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 PACKAGES = ("lenet_core", "study")
 
 

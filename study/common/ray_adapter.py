@@ -2,7 +2,7 @@
 
 Ray changes its internals between minor releases without notice. Each function here wraps one
 private thing the study relies on, says what it does and the Ray versions it was checked on, and
-``tests/test_ray_adapter.py`` imports every private symbol used below and checks the shape relied
+``tests/study/common/test_ray_adapter.py`` imports every private symbol used below and checks the shape relied
 on (names, parameters, constants, attributes), so that an upgrade of Ray fails there, loudly, and
 not in the middle of a study. ``pyproject.toml`` pins Ray to the versions checked.
 

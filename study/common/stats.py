@@ -21,6 +21,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lenet_core.status import failed_names
+
+FAILED_NAMES = failed_names()  # runs that never count as ok: diverged, collapsed
 MIN_WILCOXON_PAIRS = 6  # with 5 pairs the smallest two-sided exact p is 2/32 = 0.0625: it can never reject
 MIN_T_PAIRS = 2  # a paired t-test needs a standard deviation of the differences
 PROBA_FLOOR = 1e-12  # log(0) guard for the negative log-likelihood
@@ -117,7 +120,7 @@ def compare_conditions(
     metric: str = "test_error",
     pair_on: str = "seed",
     lower_is_better: bool = True,
-    failed_statuses: Sequence[str] = ("diverged", "collapsed"),
+    failed_statuses: Sequence[str] = FAILED_NAMES,
     alpha: float = 0.05,
 ) -> pd.DataFrame:
     """One row per condition (a distinct combination of the ``by`` values), best condition first.

@@ -20,7 +20,7 @@ from lenet_core.errors import ConfigError, StudyError
 from lenet_core.train import load_trial_model, predict_proba, train_trial, trial_split
 from study.common.files import load_weights, save_weights, write_json, write_via_temp
 from study.common.placement import without_placement
-from study.stages.ensemble.results import MEMBERS_FOLDER
+from study.stages.ensemble.results import MEMBER_PREDICTIONS, MEMBER_RESULT, MEMBER_WEIGHTS, MEMBERS_FOLDER
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "none")
 
@@ -128,15 +128,15 @@ def train_member(spec: MemberSpec, data: ImageData) -> MemberOutput:
 def save_member(output: MemberOutput, folder: Path) -> None:
     """Weights and predictions first, then result.json: its presence means the member is whole."""
     member_dir = folder / MEMBERS_FOLDER / output.spec.name
-    save_weights(output.state_dict, member_dir / "model.pt")
+    save_weights(output.state_dict, member_dir / MEMBER_WEIGHTS)
 
     def write_npz(path: Path) -> None:
         buffer = io.BytesIO()
         np.savez(buffer, test_proba=output.test_proba, oob_idx=output.oob_idx, oob_proba=output.oob_proba)
         path.write_bytes(buffer.getvalue())
 
-    write_via_temp(member_dir / "predictions.npz", write_npz)
-    write_json(member_dir / "result.json", {**output.summary, "member": output.spec.identity()})
+    write_via_temp(member_dir / MEMBER_PREDICTIONS, write_npz)
+    write_json(member_dir / MEMBER_RESULT, {**output.summary, "member": output.spec.identity()})
 
 
 class UnreadableCheckpoint(Exception):
@@ -147,16 +147,16 @@ def load_member(spec: MemberSpec, folder: Path) -> MemberOutput | None:
     """A finished member from an earlier run with the very same spec; None if there is none or
     it was trained from another spec. Raises ``UnreadableCheckpoint`` when it is damaged."""
     member_dir = folder / MEMBERS_FOLDER / spec.name
-    result_path = member_dir / "result.json"
+    result_path = member_dir / MEMBER_RESULT
     if not result_path.is_file():
         return None
     try:
         summary = json.loads(result_path.read_text())
         if summary.get("member") != json.loads(json.dumps(spec.identity())):
             return None
-        with np.load(member_dir / "predictions.npz", allow_pickle=False) as npz:
+        with np.load(member_dir / MEMBER_PREDICTIONS, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in ("test_proba", "oob_idx", "oob_proba")}
-        state_dict = load_weights(member_dir / "model.pt")
+        state_dict = load_weights(member_dir / MEMBER_WEIGHTS)
     except (OSError, ValueError, KeyError, StudyError) as exc:
         raise UnreadableCheckpoint(f"{member_dir}: {type(exc).__name__}: {exc}") from exc
     summary.pop("member")

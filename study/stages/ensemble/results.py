@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 MEMBERS = "members"  # the table
 MEMBERS_FOLDER = "members"  # one checkpoint folder per trained model, for --resume
+# A checkpoint: weights and predictions first, then the result, whose presence means it is whole.
+MEMBER_WEIGHTS, MEMBER_PREDICTIONS, MEMBER_RESULT = "model.pt", "predictions.npz", "result.json"
 COMPARISON = "comparison"
 COMPARISON_BY_REPEAT = "comparison_by_repeat"
 MCNEMAR = "mcnemar"

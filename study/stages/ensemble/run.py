@@ -59,7 +59,7 @@ def find_tune_folder(from_dir: Path) -> Path:
 
 def config_from_best(path: Path) -> dict[str, Any]:
     """The tuned config of a best.json, less where it ran: members run where Ray places them."""
-    payload = read_json(path, what="best.json")
+    payload = read_json(path, what="tuned config")
     if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
         raise StudyError(f"{path}: missing the 'config' entry of a best.json")
     return without_placement(payload["config"])

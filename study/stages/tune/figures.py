@@ -13,10 +13,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from lenet_core.status import Status
 from study.common.files import save_figure
-from study.stages.tune.tables import completed
+from study.common.selection import SELECTION_METRIC
+from study.stages.tune.optuna_store import quiet_optuna
+from study.stages.tune.tables import completed, ranked
 
-STATUS_MARKERS = {"completed": "o", "pruned": "x", "diverged": "v", "collapsed": "^", "errored": "s"}
+STATUS_MARKERS = {
+    Status.COMPLETED: "o",
+    Status.PRUNED: "x",
+    Status.DIVERGED: "v",
+    Status.COLLAPSED: "^",
+    Status.ERRORED: "s",
+    Status.UNFINISHED: "d",
+}
 
 
 def optimization_history(trials: pd.DataFrame, path: Path) -> None:
@@ -25,8 +35,8 @@ def optimization_history(trials: pd.DataFrame, path: Path) -> None:
     for status, marker in STATUS_MARKERS.items():
         part = ordered[ordered["status"] == status]
         if len(part):
-            ax.scatter(part["trial"], part["best_val_acc"], marker=marker, label=status)
-    scored = ordered["best_val_acc"].where(ordered["status"] == "completed")
+            ax.scatter(part["trial"], part[SELECTION_METRIC], marker=marker, label=status)
+    scored = ordered[SELECTION_METRIC].where(ordered["status"] == Status.COMPLETED)
     running = scored.fillna(-np.inf).cummax().replace(-np.inf, np.nan)
     ax.plot(ordered["trial"], running, color="black", linewidth=1.5, label="best completed so far")
     ax.set(title="Optimization history", xlabel="trial number", ylabel="best validation accuracy")
@@ -38,7 +48,7 @@ def accuracy_vs_lr(trials: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     markers = "osD^v<>P*"
     for i, (optimizer, part) in enumerate(trials.groupby("optimizer")):
-        ax.scatter(part["lr"], part["best_val_acc"], label=str(optimizer), alpha=0.8, marker=markers[i % 9])
+        ax.scatter(part["lr"], part[SELECTION_METRIC], label=str(optimizer), alpha=0.8, marker=markers[i % 9])
     ax.set_xscale("log")
     ax.set(
         title="Validation accuracy against learning rate",
@@ -55,18 +65,17 @@ def param_importance(trials: pd.DataFrame, distributions: dict, path: Path) -> d
     from optuna.importance import FanovaImportanceEvaluator
 
     scored = completed(trials)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     for row in scored.itertuples(index=False):
         params = {name: _plain(getattr(row, name)) for name in distributions}
         study.add_trial(
             optuna.trial.create_trial(
-                params=params, distributions=distributions, value=float(row.best_val_acc)
+                params=params, distributions=distributions, value=float(getattr(row, SELECTION_METRIC))
             )
         )
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     importances: dict[str, float] = {}
-    if len(scored) >= 2 and scored["best_val_acc"].nunique() > 1:
+    if len(scored) >= 2 and scored[SELECTION_METRIC].nunique() > 1:
         importances = optuna.importance.get_param_importances(
             study, evaluator=FanovaImportanceEvaluator(seed=0)
         )
@@ -89,7 +98,7 @@ def _plain(value: object) -> object:
 
 
 def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, path: Path, top: int = 5) -> None:
-    best = completed(trials).sort_values("best_val_acc", ascending=False).head(top)
+    best = ranked(trials).head(top)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in best.itertuples(index=False):
         curve = epochs[epochs["trial_id"] == row.trial_id].sort_values("epoch")
@@ -115,5 +124,6 @@ def write_tune_figures(folder: Path, trials: pd.DataFrame, epochs: pd.DataFrame,
     optimization_history(trials, folder / "optimization_history.png")
     if "lr" in trials and "optimizer" in trials:
         accuracy_vs_lr(trials, folder / "val_acc_vs_lr.png")
-    param_importance(trials, distributions, folder / "param_importance.png")
+    with quiet_optuna():
+        param_importance(trials, distributions, folder / "param_importance.png")
     learning_curves(trials, epochs, folder / "learning_curves_top5.png")

@@ -23,6 +23,8 @@ table's ``trial`` - 1):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,20 @@ STATES = {
     Status.ERRORED: "FAIL",
 }
 LIVE = (Status.UNFINISHED, Status.RUNNING)  # RUNNING in an interrupted study, else PRUNED
+
+
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's logger at WARNING for the block, then back to what it was: a study's searcher and
+    storage would log a line per trial, and a notebook's own Optuna logging is left as it was."""
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def storage_url(path: Path) -> str:
@@ -90,7 +106,6 @@ def write_optuna_study(
         import optuna
         from optuna.storages import RDBStorage
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = RDBStorage(storage_url(tmp))
         try:
             study = optuna.create_study(storage=storage, study_name=study_name, direction=DIRECTION)
@@ -103,7 +118,8 @@ def write_optuna_study(
         finally:
             storage.engine.dispose()  # close SQLite before the file is renamed into place
 
-    write_via_temp(path, build)
+    with quiet_optuna():
+        write_via_temp(path, build)
 
 
 def frozen_trial(

@@ -26,6 +26,7 @@ from study.common.console import StudyInterrupted
 from study.common.context import RunContext
 from study.common.files import provenance, read_json, write_json
 from study.common.results import read_run_info
+from study.stages.tune.optuna_store import quiet_optuna
 from study.stages.tune.results import RAY_FOLDER, STUDY_FILE, StudyEnd, TuneResults, duration_text
 from study.stages.tune.space import SearchSpace, sampled_config
 from study.stages.tune.trial import METRIC, MODE, tune_trainable
@@ -141,11 +142,8 @@ def build_tuner(
     callbacks: list[Any],
     probe_memory: bool = False,
 ) -> Any:
-    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from ray.tune.search.optuna import OptunaSearch
 
     trainable = tune.with_resources(
@@ -296,20 +294,21 @@ def _fit(
         progress = TrialProgress(
             settings.trials, on_trial_done, epochs=base.epochs, started=started, console=console()
         )
-        tuner = build_tuner(
-            base=base,
-            space=space,
-            settings=settings,
-            plan=plan,
-            data=data,
-            folder=folder,
-            epochs=base.epochs,  # "epochs" is never searched
-            resume=resuming,
-            callbacks=[progress],
-            probe_memory=probe_memory,
-        )
-        fit_started = time.monotonic()
-        grid = tuner.fit()
+        with quiet_optuna():  # the searcher logs its study and each trial it adds; put back after
+            tuner = build_tuner(
+                base=base,
+                space=space,
+                settings=settings,
+                plan=plan,
+                data=data,
+                folder=folder,
+                epochs=base.epochs,  # "epochs" is never searched
+                resume=resuming,
+                callbacks=[progress],
+                probe_memory=probe_memory,
+            )
+            fit_started = time.monotonic()
+            grid = tuner.fit()
         # Tune returns from fit() both when its budget stopped the study and after a Ctrl-C. Its
         # budget clock starts inside fit(), so a fit shorter than the budget was not stopped by it.
         budget_spent = settings.time_budget_s is not None and (

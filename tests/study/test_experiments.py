@@ -15,8 +15,9 @@ from lenet_core.errors import ConfigError
 from study.cli import app
 from study.experiments import EQUAL_EPOCHS, EQUAL_STEPS, load_experiment, parse_experiment
 from study.stages.sweep.tables import select_by_validation, selected_view
+from tests.conftest import PROJECT_ROOT
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = PROJECT_ROOT / "experiments"
 # name -> (per-epoch figure, rows of the smoke runs table, trained runs); smoke keeps at most 2
 # values of every swept list (the compare_at value among them) and caps every run at 1 epoch
 SWEEPS = {

@@ -1,11 +1,11 @@
-from pathlib import Path
 
 import pytest
 
 from lenet_core.errors import ConfigError
 from study.stages.tune.space import default_space, load_space, parse_space
+from tests.conftest import PROJECT_ROOT
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = PROJECT_ROOT / "experiments"
 
 
 def test_search_toml_holds_the_default_space():

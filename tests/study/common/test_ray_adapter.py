@@ -91,7 +91,7 @@ def test_auth_token_cache_reset():
 
 
 def test_default_dashboard_port_is_read_when_the_dashboard_starts():
-    """tests/test_cluster.py moves Ray's default dashboard port to one it holds."""
+    """tests/study/common/test_cluster.py moves Ray's default dashboard port to one it holds."""
     from ray._private import ray_constants, services
 
     assert ray_constants.DEFAULT_DASHBOARD_PORT == 8265

@@ -4,8 +4,6 @@ expands each row's config into ``config.<field>`` columns."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -13,8 +11,9 @@ import study
 from lenet_core.config import FIELD_NAMES, TrialConfig
 from lenet_core.errors import StudyError
 from study.reader import StudyResults
+from tests.conftest import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 COMMITTED = sorted(p for p in (ROOT / "results").iterdir() if p.is_dir() and p.name != "bench")
 
 

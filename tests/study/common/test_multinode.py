@@ -27,7 +27,7 @@ from study.stages.ensemble.run import EnsemblePlan, run_ensemble
 from study.stages.tune.run import TuneSettings, run_study
 from study.stages.tune.space import parse_space
 from tests.conftest import RUN_LIMIT_S, last_trial_reports, run_bounded, two_node_cluster
-from tests.test_cluster import collect, node_of
+from tests.study.common.test_cluster import collect, node_of
 
 pytestmark = pytest.mark.slow
 SPACE = parse_space({"space": {"lr": {"choices": [0.001, 0.002, 0.003, 0.004]}}}, source="test")

@@ -106,3 +106,27 @@ def test_study_tune_returns_its_results_and_load_reads_the_same(tmp_path, digits
     pd.testing.assert_frame_equal(loaded.tune.trials, results.trials)
     assert loaded.best_config == results.best_config
     assert loaded.best_config.optimizer == "adam"
+
+
+def test_writing_a_study_leaves_optunas_logging_as_it_was(tmp_path):
+    """The store quiets Optuna while it writes, then puts the caller's verbosity back."""
+    import optuna
+
+    from study.stages.tune.optuna_store import write_optuna_study
+    from study.stages.tune.space import default_space
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.DEBUG)
+    try:
+        write_optuna_study(
+            tmp_path / "optuna.db",
+            study_name="s",
+            trials=pd.DataFrame(columns=["trial", "trial_id", "status", SELECTION_METRIC]),
+            epochs=pd.DataFrame(columns=["trial_id", "epoch", "val_acc"]),
+            distributions=default_space().optuna_distributions(),
+            study_ended=True,
+        )
+        assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
+    finally:
+        optuna.logging.set_verbosity(before)
+    assert (tmp_path / "optuna.db").is_file()

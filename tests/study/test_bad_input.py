@@ -8,8 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from study.cli import app
-
-from .conftest import idx_bytes, write_idx_set
+from tests.conftest import idx_bytes, write_idx_set
 
 runner = CliRunner()
 DIGITS = ["--dataset", "digits", "--epochs", "1"]

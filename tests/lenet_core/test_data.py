@@ -28,8 +28,7 @@ from lenet_core.data import (
 from lenet_core.errors import DataError
 from lenet_core.names import AUGMENTATIONS
 from lenet_core.train import trial_split
-
-from .conftest import SHARED_MNIST, idx_bytes, write_idx_set
+from tests.conftest import SHARED_MNIST, idx_bytes, write_idx_set
 
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 
