@@ -28,6 +28,7 @@ SWEEPS = {
     "augmentation": ("val_acc_per_epoch.png", 2, 2),
     "lenet-vs-resnet": ("test_error_per_epoch.png", 2, 2),
     "pytorch-mnist-example": ("val_acc_per_epoch.png", 1, 1),
+    "budget-check": ("val_acc_per_epoch.png", 2, 1),  # smoke caps both budgets at 1 epoch: one run
 }
 # the grids that add nothing the others do not check run with the slow tests (resnet50 is heavy)
 SLOW = {
@@ -37,6 +38,7 @@ SLOW = {
     "learning-rates",
     "data-fraction",
     "pytorch-mnist-example",
+    "budget-check",
 }
 # Adadelta at lr 1 with batch 64 takes 20 steps of the 8x8 digits in a smoke epoch and collapses:
 # smaller batches give the report a number to quote (the file's recipe is checked on its own)
