@@ -91,8 +91,16 @@ def accuracy_ab(
     data: ImageData, *, settings: BenchSettings, model: str = "resnet18", say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Test accuracy of ``model`` trained in fp32 and in bf16 over ``settings.seeds`` seeds for
-    ``settings.epochs`` epochs, the ensemble ResNet's config otherwise, in this process."""
+    ``settings.epochs`` epochs, the ensemble ResNet's config otherwise, in this process.
+
+    ``within_tolerance`` says only that the mean difference lies within the tolerance; whether
+    bf16 is shown equivalent to fp32 is the paired TOST over seeds (``study.common.stats.tost``)
+    with the tolerance as its margin: ``tost_p``, ``tost_margin_points``, ``equivalent`` and
+    ``equivalence`` ("equivalent within ±0.5" or "not shown equivalent within ±0.5" points), with
+    the 90% interval of the difference it rests on. Few seeds rarely show equivalence.
+    """
     from lenet_core.train import train_trial
+    from study.common.stats import tost  # pandas and scipy: only this section needs them
 
     accs: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     seconds: dict[str, list[float]] = {p: [] for p in PRECISIONS}
@@ -113,6 +121,10 @@ def accuracy_ab(
             say(f"  {model} seed {seed} {precision}: test accuracy {result.test_acc:.4f}")
     means = {p: float(np.mean(accs[p])) for p in PRECISIONS}
     difference = 100 * (means["bf16"] - means["fp32"])
+    # paired over seeds (the same seed in both precisions), in points
+    equivalence = tost(
+        100 * np.asarray(accs["bf16"]), 100 * np.asarray(accs["fp32"]), ACCURACY_TOLERANCE_POINTS
+    )
     return {
         "model": model,
         "dataset": data.name,
@@ -124,5 +136,10 @@ def accuracy_ab(
         **{f"{p}_training_s_mean": float(np.mean(seconds[p])) for p in PRECISIONS},
         "difference_points": difference,
         "tolerance_points": ACCURACY_TOLERANCE_POINTS,
-        "within_tolerance": abs(difference) <= ACCURACY_TOLERANCE_POINTS,
+        "within_tolerance": abs(difference) <= ACCURACY_TOLERANCE_POINTS,  # the point estimate only
+        "tost_margin_points": ACCURACY_TOLERANCE_POINTS,
+        "tost_p": equivalence["p"],
+        "equivalent": equivalence["equivalent"],
+        "equivalence": equivalence["verdict"] + " points",
+        "difference_ci90_points": [equivalence["ci_low"], equivalence["ci_high"]],
     }

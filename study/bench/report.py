@@ -114,10 +114,15 @@ def ensemble_table(ens: dict[str, Any]) -> Table:
 
 
 def accuracy_table(acc: dict[str, Any]) -> Table:
-    verdict = "within" if acc["within_tolerance"] else "OUTSIDE"
+    # an equivalence claim rests on the paired TOST, not on the point estimate (older JSONs: within)
+    verdict = (
+        f"{acc['equivalence']}, TOST p = {acc['tost_p']:.2g}"
+        if "tost_p" in acc
+        else ("within" if acc["within_tolerance"] else "OUTSIDE") + f" {acc['tolerance_points']}"
+    )
     title = (
         f"6. {acc['model']} test accuracy, {acc['seeds']} seeds x {acc['epochs']} epochs ({_load(acc)}): "
-        f"bf16 - fp32 = {acc['difference_points']:+.2f} points ({verdict} {acc['tolerance_points']})"
+        f"bf16 - fp32 = {acc['difference_points']:+.2f} points ({verdict})"
     )
     rows = [
         {

@@ -1,10 +1,14 @@
-"""Statistics behind every comparison the study prints. Pure numpy/scipy/pandas.
+"""Statistics behind every comparison the study prints: numpy/scipy/pandas, statsmodels for ANOVA.
 
 Three kinds of question:
 
 * conditions over seeds: ``describe`` one condition, ``paired_test`` two conditions over matching
   seeds, ``holm`` for many comparisons, and ``compare_conditions`` / ``best_claim`` that put them
-  together into a table and a sentence that never claims a winner the data do not support;
+  together into a table and a sentence that never claims a winner the data do not support: the
+  reference condition is chosen on validation, never on test, and every other condition is tested
+  against it on test; "no significant difference" is what a non-significant test is called;
+  ``tost`` for a claim of equivalence within a margin; ``factorial_anova`` (statsmodels) for a
+  grid that is a full product of its factors;
 * two models on one test set: ``mcnemar_exact`` and ``wilson_interval``;
 * calibration of (N, C) class probabilities against (N,) integer labels: ``nll``, ``brier``,
   ``expected_calibration_error`` and ``reliability_curve``.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Hashable, Iterable, Sequence
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -22,11 +27,22 @@ import pandas as pd
 from scipy import stats
 
 from lenet_core.status import failed_names
+from study.common.selection import SELECTION_METRIC
 
 FAILED_NAMES = failed_names()  # runs that never count as ok: diverged, collapsed
 MIN_WILCOXON_PAIRS = 6  # with 5 pairs the smallest two-sided exact p is 2/32 = 0.0625: it can never reject
 MIN_T_PAIRS = 2  # a paired t-test needs a standard deviation of the differences
 PROBA_FLOOR = 1e-12  # log(0) guard for the negative log-likelihood
+# The verdicts of compare_conditions: "better" and "worse" only at Holm p < alpha
+REFERENCE, BETTER, WORSE, NO_DIFFERENCE, NOT_TESTED, FAILED = (
+    "reference",
+    "better",
+    "worse",
+    "no significant difference",
+    "n/a",
+    "failed",
+)
+VERDICTS = (REFERENCE, BETTER, WORSE, NO_DIFFERENCE, NOT_TESTED, FAILED)
 
 
 # --------------------------------------------------------------------------- one condition, two conditions
@@ -95,7 +111,8 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- a table of conditions
 
 
-# the columns after the `by` ones, in table order
+# the columns after the `by` ones, in table order (the selection mean, "<select_on>_mean", sits
+# before `reference` when there is a selection metric)
 _TABLE_COLUMNS = (
     "n",
     "failed",
@@ -104,11 +121,12 @@ _TABLE_COLUMNS = (
     "std",
     "ci95_low",
     "ci95_high",
+    "reference",
     "n_pairs",
-    "mean_diff_vs_best",
-    "p_vs_best",
-    "p_wilcoxon_vs_best",
-    "p_holm_vs_best",
+    "mean_diff_vs_ref",
+    "p_vs_ref",
+    "p_wilcoxon_vs_ref",
+    "p_holm_vs_ref",
     "verdict",
 )
 
@@ -120,25 +138,37 @@ def compare_conditions(
     metric: str = "test_error",
     pair_on: str = "seed",
     lower_is_better: bool = True,
+    select_on: str | None = SELECTION_METRIC,
+    select_lower_is_better: bool = False,
     failed_statuses: Sequence[str] = FAILED_NAMES,
     alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """One row per condition (a distinct combination of the ``by`` values), best condition first.
+    """One row per condition (a distinct combination of the ``by`` values), the reference first.
 
     A run counts ("ok") unless its ``status`` is in ``failed_statuses`` (counted in ``failed``) or its
-    metric is not finite (counted in ``missing``); only ok runs enter n, mean, std, the interval and
-    the choice of the best condition (lowest mean, or highest when ``lower_is_better`` is False).
+    metric is not finite (counted in ``missing``); only ok runs enter n, mean, std and the interval.
     Without a ``status`` column every run with a finite metric is ok.
 
-    Every other condition is compared with the best one over the ``pair_on`` values (seeds) both have
-    ok runs for (several ok runs of one condition with the same seed are averaged first):
-    ``n_pairs``, ``mean_diff_vs_best`` = mean over those seeds of (condition - best), ``p_vs_best``
-    (paired t), ``p_wilcoxon_vs_best`` (from 6 pairs) and ``p_holm_vs_best`` (Holm over the t-test p of
-    the non-best conditions that have one). ``verdict``: "best"; "worse" (Holm p < alpha, in the
-    losing direction); "tied" (Holm p >= alpha); "better" (Holm p < alpha but winning on the shared
-    seeds, which can happen only when the best's mean includes seeds the other lacks); "n/a" (fewer
-    than 2 shared seeds); "failed" (no ok run). The best row has mean_diff 0, NaN p-values and
-    n_pairs = its number of distinct seeds. ``table.attrs`` records by, metric, lower_is_better, alpha.
+    The reference condition is chosen on ``select_on`` (validation accuracy, ``best_val_acc``), never
+    on ``metric`` (test error): the highest mean of ``select_on`` over its ok runs (the lowest with
+    ``select_lower_is_better``), the first seen winning a tie. Choosing it by the compared metric
+    would make every "worse" verdict anti-conservative (the pick is flattered by its own noise).
+    Where no condition has a finite ``select_on`` (``select_on`` None or not a column, as in tables
+    older than the selection metric), the reference is the first condition with an ok run, in
+    table (grid) order: chosen before looking at any result. The column ``<select_on>_mean`` holds
+    each condition's selection mean, ``reference`` is True on the reference's row, and
+    ``table.attrs["reference_by"]`` says how it was chosen.
+
+    Every other condition is compared with the reference on ``metric`` over the ``pair_on`` values
+    (seeds) both have ok runs for (several ok runs of one condition with the same seed are averaged
+    first): ``n_pairs``, ``mean_diff_vs_ref`` = mean over those seeds of (condition - reference),
+    ``p_vs_ref`` (paired t), ``p_wilcoxon_vs_ref`` (from 6 pairs) and ``p_holm_vs_ref`` (Holm over
+    the t-test p of the other conditions that have one). ``verdict``: "reference"; "worse" or
+    "better" (Holm p < alpha, losing or winning against the reference); "no significant difference"
+    (Holm p >= alpha: at this n the test cannot tell them apart, which is not a tie); "n/a" (fewer
+    than 2 shared seeds); "failed" (no ok run). The reference row has mean_diff 0, NaN p-values and
+    n_pairs = its number of distinct seeds. ``table.attrs`` records by, metric, lower_is_better,
+    alpha, select_on, select_lower_is_better, reference_by and comparisons (the Holm family's size).
     """
     _check_columns(runs, [*by, metric, pair_on])
     if not by:
@@ -146,6 +176,7 @@ def compare_conditions(
     if isinstance(failed_statuses, str):  # "diverged" alone must not mean its letters
         failed_statuses = (failed_statuses,)
     values = pd.to_numeric(runs[metric], errors="coerce").to_numpy(dtype=float)  # (R,)
+    scores = _numeric_column(runs, select_on)  # (R,) the selection metric, NaN where absent
     failed = (
         runs["status"].isin(list(failed_statuses)).to_numpy()
         if "status" in runs.columns
@@ -154,6 +185,7 @@ def compare_conditions(
     ok = ~failed & np.isfinite(values)
     conditions = _group_rows(runs, by)  # {key: (display values, row positions)}, first-seen order
     seeds = [_normalize(v) for v in runs[pair_on].tolist()]
+    score_column = f"{select_on}_mean" if select_on else None
 
     rows = []
     per_seed: dict[Hashable, dict[Hashable, float]] = {}
@@ -164,22 +196,55 @@ def compare_conditions(
         row["failed"] = int(failed[positions].sum())
         row["missing"] = len(positions) - len(mine) - row["failed"]
         row.update({k: v for k, v in describe(values[mine]).items() if k != "n"})
+        if score_column:
+            finite = scores[mine][np.isfinite(scores[mine])]
+            row[score_column] = float(finite.mean()) if len(finite) else math.nan
         per_seed[key] = _mean_per_seed(values, seeds, mine)
         rows.append((key, row))
 
-    best_key = _best_key(rows, lower_is_better=lower_is_better)
+    ref_key, reference_by = _reference_key(
+        rows, score_column, select_on=select_on, select_lower_is_better=select_lower_is_better
+    )
     for key, row in rows:
-        row.update(_versus_best(per_seed, key=key, best_key=best_key))
-    non_best = [row for key, row in rows if key != best_key]
-    for row, adjusted in zip(non_best, holm([row["p_vs_best"] for row in non_best]), strict=True):
-        row["p_holm_vs_best"] = float(adjusted)
+        row["reference"] = key == ref_key
+        row.update(_versus_reference(per_seed, key=key, ref_key=ref_key))
+    others = [row for key, row in rows if key != ref_key]
+    for row, adjusted in zip(others, holm([row["p_vs_ref"] for row in others]), strict=True):
+        row["p_holm_vs_ref"] = float(adjusted)
     for key, row in rows:
-        row["verdict"] = _verdict(row, is_best=key == best_key, lower_is_better=lower_is_better, alpha=alpha)
+        row["verdict"] = _verdict(row, is_ref=key == ref_key, lower_is_better=lower_is_better, alpha=alpha)
 
-    ordered = _best_first([row for _, row in rows], lower_is_better=lower_is_better)
-    table = pd.DataFrame(ordered, columns=[*by, *_TABLE_COLUMNS])
-    table.attrs.update({"by": list(by), "metric": metric, "lower_is_better": lower_is_better, "alpha": alpha})
+    columns = list(_TABLE_COLUMNS)
+    if score_column:
+        columns.insert(columns.index("reference"), score_column)
+    ordered = _reference_first([row for _, row in rows], lower_is_better=lower_is_better)
+    table = pd.DataFrame(ordered, columns=[*by, *columns])
+    table.attrs.update(
+        {
+            "by": list(by),
+            "metric": metric,
+            "lower_is_better": lower_is_better,
+            "alpha": alpha,
+            "select_on": select_on,
+            "select_lower_is_better": select_lower_is_better,
+            "reference_by": reference_by,
+            "comparisons": int(sum(not math.isnan(row["p_vs_ref"]) for row in others)),
+        }
+    )
     return table
+
+
+def reference_by_text(
+    select_on: str | None, *, chosen: bool, select_lower_is_better: bool = False, score: str = ""
+) -> str:
+    """How the reference was chosen, for attrs and sentences: 'validation accuracy (the highest mean
+    best_val_acc of ok runs[, SCORE])', or the grid-order fallback when there was nothing to choose by."""
+    if not chosen:
+        what = f"no {select_on} to choose by" if select_on else "no selection metric"
+        return f"grid order ({what}: the first condition with a successful run)"
+    direction = "lowest" if select_lower_is_better else "highest"
+    shown = f", {score}" if score else ""
+    return f"{_selection_name(select_on)} (the {direction} mean {select_on} of ok runs{shown})"
 
 
 def best_claim(
@@ -189,51 +254,289 @@ def best_claim(
     metric: str | None = None,
     lower_is_better: bool | None = None,
 ) -> str:
-    """One or two sentences for a report about a ``compare_conditions`` table.
+    """Sentences for a report about a ``compare_conditions`` table.
 
-    The best condition is called the best only when every other condition is significantly worse
-    after Holm correction; otherwise the sentence names the conditions tied with it (with their Holm
-    p), those that could not be compared, and those with no successful run. ``alpha`` re-judges the
-    Holm p-values, so it may differ from the one the table was built with. ``metric`` and
-    ``lower_is_better`` default to what ``compare_conditions`` recorded in ``table.attrs``.
+    They name the reference and how it was chosen (on validation), then every other condition's
+    verdict against it on the compared metric with its Holm p: "no significant difference at n = N"
+    (with the raw p beside the Holm p), significantly better or worse, not tested (fewer than 2
+    shared seeds), no successful run. The reference is called the best condition only when every
+    other condition is significantly worse. When another condition has the best mean of the
+    compared metric, it is named as such, as a description: picked by test error it is flattered.
+    ``alpha`` re-judges the Holm p-values, so it may differ from the one the table was built with.
+    ``metric`` and ``lower_is_better`` default to what ``compare_conditions`` recorded in
+    ``table.attrs`` (so do select_on and select_lower_is_better).
     """
     by = table.attrs.get("by") or list(table.columns[: list(table.columns).index("n")])
     metric = metric if metric is not None else table.attrs.get("metric", "test_error")
     lower = lower_is_better if lower_is_better is not None else table.attrs.get("lower_is_better", True)
+    select_on = table.attrs.get("select_on", SELECTION_METRIC)
+    select_lower = table.attrs.get("select_lower_is_better", False)
     rows = [(_condition_name(row, by), row) for _, row in table.iterrows()]  # (name, row), table order
     fmt = _metric_formatter(metric)
+    what = metric.replace("_", " ")
     failed_note = _failed_note([(name, row) for name, row in rows if row["n"] == 0])
-    best = [(name, row) for name, row in rows if row["verdict"] == "best"]
-    if not best:
+    refs = [(name, row) for name, row in rows if row["verdict"] == REFERENCE]
+    if not refs:
         return "No condition has a successful run." + failed_note
-    top_name, top = best[0]
-    lead = (
-        f"{top_name} has the {'lowest' if lower else 'highest'} mean {metric.replace('_', ' ')} "
-        f"({fmt(top['mean'])}, n={int(top['n'])})"
-    )
-    others = [(name, row) for name, row in rows if row["verdict"] != "best" and row["n"] > 0]
+    ref_name, ref = refs[0]
+    score = ref.get(f"{select_on}_mean", math.nan) if select_on else math.nan
+    chosen = score is not None and not pd.isna(score)
+    shown = _metric_formatter(str(select_on))(float(score)) if chosen else ""
+    how = reference_by_text(select_on, chosen=chosen, select_lower_is_better=select_lower, score=shown)
+    lead = f"{ref_name} is the reference, chosen by {how}; its mean {what} is {fmt(ref['mean'])}"
+    lead += f" (n={int(ref['n'])})"
+    others = [(name, row) for name, row in rows if row["verdict"] != REFERENCE and row["n"] > 0]
     if not others:
         return f"{lead}; it is the only condition with a successful run." + failed_note
-    groups: dict[str, list[tuple[str, Any]]] = {"worse": [], "tied": [], "better": [], "n/a": []}
+    groups: dict[str, list[tuple[str, Any]]] = {v: [] for v in (NO_DIFFERENCE, BETTER, NOT_TESTED, WORSE)}
     for name, row in others:
-        groups[_verdict(row, is_best=False, lower_is_better=lower, alpha=alpha)].append((name, row))
-    if len(groups["worse"]) == len(others):
-        largest = max(float(row["p_holm_vs_best"]) for _, row in others)
+        groups[_verdict(row, is_ref=False, lower_is_better=lower, alpha=alpha)].append((name, row))
+    tested = len(others) - len(groups[NOT_TESTED])
+    worse_word, better_word = ("higher", "lower") if lower else ("lower", "higher")
+    against = f"Against it on {what} (paired t-test over seeds, Holm over {tested} comparison" + (
+        "s)" if tested != 1 else ")"
+    )
+    note = _flattered_note(rows, ref_name, lower=lower, what=what, fmt=fmt)
+    if len(groups[WORSE]) == len(others):
+        largest = max(float(row["p_holm_vs_ref"]) for _, row in others)
         return (
-            f"{lead} and is significantly better than every other condition "
-            f"(paired t-test over seeds, largest Holm {_fmt_p(largest)})." + failed_note
+            f"{lead}. {against}, every other condition has a significantly {worse_word} {what} "
+            f"(largest Holm {_fmt_p(largest)}): it is the best condition." + note + failed_note
         )
     clauses = []
-    if groups["tied"]:
-        clauses.append(f"it is statistically tied with {_with_p(groups['tied'])}")
-    if groups["better"]:
-        clauses.append(f"on the seeds both have, {_with_p(groups['better'])} did significantly better")
-    if groups["n/a"]:
-        listed = ", ".join(f"{name} ({fmt(row['mean'])}, n={int(row['n'])})" for name, row in groups["n/a"])
-        clauses.append(f"it could not be tested against {listed} (fewer than 2 shared seeds)")
-    if groups["worse"]:
-        clauses.append(f"it is significantly better than {_with_p(groups['worse'])}")
-    return f"{lead}, but " + "; ".join(clauses) + "." + failed_note
+    by_n: dict[int, list[tuple[str, Any]]] = {}
+    for name, row in groups[NO_DIFFERENCE]:
+        by_n.setdefault(int(row["n_pairs"]), []).append((name, row))
+    for n_pairs, named in sorted(by_n.items(), reverse=True):
+        clauses.append(f"no significant difference at n = {n_pairs} from {_with_p(named, raw=True)}")
+    if groups[BETTER]:
+        clauses.append(f"significantly {better_word} {what} than the reference: {_with_p(groups[BETTER])}")
+    if groups[WORSE]:
+        clauses.append(f"significantly {worse_word} {what}: {_with_p(groups[WORSE])}")
+    if groups[NOT_TESTED]:
+        listed = ", ".join(
+            f"{name} ({fmt(row['mean'])}, n={int(row['n'])})" for name, row in groups[NOT_TESTED]
+        )
+        clauses.append(f"not tested against {listed} (fewer than 2 shared seeds)")
+    body = "; ".join(clauses)
+    body = f"{against}: {body}" if tested else body[0].upper() + body[1:]
+    return f"{lead}. {body}." + note + failed_note
+
+
+# --------------------------------------------------------------------------- equivalence
+
+
+def tost(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    margin: float,
+    *,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Paired two one-sided t-tests (TOST): is mean(a - b) within ±``margin``?
+
+    Element i of ``a`` and ``b`` come from the same seed; pairs with a NaN on either side are
+    dropped. The two null hypotheses are mean(a - b) <= -margin (``p_lower``: t = (mean + margin) /
+    se, upper tail) and mean(a - b) >= margin (``p_upper``: t = (mean - margin) / se, lower tail), on
+    n - 1 degrees of freedom; ``p`` = max of the two. Equivalence is shown when p < alpha, the same
+    as the (1 - 2 alpha) t-interval of the mean difference (``ci_low``, ``ci_high``, a 90% interval
+    at alpha 0.05) lying inside (-margin, margin). A difference inside the margin is not enough:
+    with few or noisy pairs equivalence is not shown. ``verdict`` is "equivalent within ±margin"
+    or "not shown equivalent within ±margin". Fewer than 2 pairs: p NaN, not shown. When every
+    difference is the same, se = 0 and each one-sided p is 0 or 1.
+    """
+    if not margin > 0:
+        raise ValueError(f"tost needs a margin > 0, got {margin}")
+    x, y = _finite_or_nan(a), _finite_or_nan(b)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"tost needs two 1-D arrays of equal length, got {x.shape} and {y.shape}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    diff = x[keep] - y[keep]  # (n_pairs,)
+    n = len(diff)
+    mean = float(diff.mean()) if n else math.nan
+    result: dict[str, Any] = {
+        "n_pairs": n,
+        "mean_diff": mean,
+        "margin": float(margin),
+        "alpha": alpha,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "p_lower": math.nan,
+        "p_upper": math.nan,
+        "p": math.nan,
+    }
+    if n >= MIN_T_PAIRS:
+        se = float(diff.std(ddof=1)) / math.sqrt(n)
+        if se == 0.0:
+            p_lower, p_upper = float(mean <= -margin), float(mean >= margin)
+        else:
+            p_lower = float(stats.t.sf((mean + margin) / se, df=n - 1))
+            p_upper = float(stats.t.cdf((mean - margin) / se, df=n - 1))
+        half = float(stats.t.ppf(1 - alpha, df=n - 1)) * se
+        result.update({"ci_low": mean - half, "ci_high": mean + half, "p_lower": p_lower, "p_upper": p_upper})
+        result["p"] = max(p_lower, p_upper)
+    equivalent = bool(result["p"] < alpha)  # False for NaN
+    result["equivalent"] = equivalent
+    result["verdict"] = f"{'equivalent' if equivalent else 'not shown equivalent'} within ±{margin:g}"
+    return result
+
+
+# --------------------------------------------------------------------------- factorial designs
+
+
+ANOVA_COLUMNS = ("factor", "sum_sq", "df", "F", "p")
+RESIDUAL = "Residual"
+
+
+def factorial_anova(
+    runs: pd.DataFrame,
+    *,
+    factors: list[str],
+    metric: str = "test_error",
+    block: str | None = "seed",
+    failed_statuses: Sequence[str] = FAILED_NAMES,
+) -> pd.DataFrame:
+    """Factorial ANOVA of ``metric`` over the ok runs: statsmodels ``ols`` with every factor
+    categorical, and ``anova_lm`` with type II sums of squares.
+
+    One row per term: each factor's main effect, then the interactions ("a:b", "a:b:c"), the
+    ``block`` ("seed") when it is used, and "Residual"; columns factor, sum_sq, df, F, p (NaN on
+    the residual row). Failed runs and runs without a finite metric are left out (a cell whose runs
+    all failed is named in ``attrs["empty_cells"]``). Factors with fewer than 2 levels among the
+    ok runs are left out of the model. The interactions go up to the highest order every one of
+    whose cells has an ok run (``attrs["order"]``): with an empty cell the interaction of all the
+    factors cannot be estimated, so it is left out rather than tested on a rank-deficient design.
+
+    ``block`` enters as an additive categorical term when it is a column whose values are shared
+    across cells (each of at least 2 values in at least 2 cells: the same seeds run in every
+    condition) and a residual degree of freedom remains; ``attrs["block"]`` is the block used or
+    "". ``attrs`` also records metric, factors, order, n (ok runs), failed and empty_cells.
+    """
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    _check_columns(runs, [*factors, metric])
+    if isinstance(failed_statuses, str):
+        failed_statuses = (failed_statuses,)
+    values = pd.to_numeric(runs[metric], errors="coerce").to_numpy(dtype=float)
+    failed = (
+        runs["status"].isin(list(failed_statuses)).to_numpy()
+        if "status" in runs.columns
+        else np.zeros(len(runs), bool)
+    )
+    ok = ~failed & np.isfinite(values)
+    codes = {f"f{i}": runs[name].map(_level_text).to_numpy()[ok] for i, name in enumerate(factors)}
+    data = pd.DataFrame({"y": values[ok], **codes})
+    names = dict(zip(codes, factors, strict=True))  # f0 -> the factor's name
+    used = [code for code in codes if data[code].nunique() >= 2]
+    empty = _empty_cells(runs, factors, ok)
+    attrs: dict[str, Any] = {
+        "metric": metric,
+        "factors": [names[c] for c in used],
+        "order": 0,
+        "block": "",
+        "n": int(ok.sum()),
+        "failed": int((~ok).sum()),
+        "empty_cells": empty,
+    }
+    table = pd.DataFrame(columns=list(ANOVA_COLUMNS))
+    if not used:
+        table.attrs.update(attrs)
+        return table
+    order = _estimable_order(data, used)
+    terms = [
+        ":".join(f"C({c})" for c in combo) for k in range(1, order + 1) for combo in combinations(used, k)
+    ]
+    blocks = runs[block].map(_level_text).to_numpy()[ok] if block and block in runs.columns else None
+    fit = None
+    if blocks is not None and _block_is_crossed(blocks, data[used]):
+        data["b"] = blocks
+        names["b"] = str(block)
+        fit = smf.ols("y ~ " + " + ".join([*terms, "C(b)"]), data=data).fit()
+        if fit.df_resid >= 1:
+            attrs["block"] = str(block)
+        else:
+            fit = None
+    if fit is None:
+        fit = smf.ols("y ~ " + " + ".join(terms), data=data).fit()
+    attrs["order"] = order
+    if fit.df_resid < 1:  # one run per cell: nothing left to estimate the error with
+        table.attrs.update(attrs)
+        return table
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # F of a term with zero sum of squares
+        raw = anova_lm(fit, typ=2)
+    table = pd.DataFrame(
+        {
+            "factor": [_term_name(term, names) for term in raw.index],
+            "sum_sq": raw["sum_sq"].to_numpy(dtype=float),
+            "df": raw["df"].to_numpy(dtype=float),
+            "F": raw["F"].to_numpy(dtype=float),
+            "p": raw["PR(>F)"].to_numpy(dtype=float),
+        }
+    )
+    table.attrs.update(attrs)
+    return table
+
+
+def anova_claim(
+    table: pd.DataFrame,
+    *,
+    alpha: float = 0.05,
+    block: str | None = None,
+    empty_cells: list[str] | None = None,
+    metric: str | None = None,
+) -> str:
+    """Sentences about a ``factorial_anova`` table: the main effects and the interactions, each with
+    F(df, residual df) and p, then which are significant at ``alpha``, and the cells left out.
+
+    Everything is read from the table's rows, so a table read back from a file (without attrs)
+    gives the same sentences: the block is the row named ``block`` (default: ``attrs["block"]``, else
+    "seed"), the runs are the total degrees of freedom + 1; ``empty_cells`` (cells whose every run
+    failed) and ``metric`` default to the attrs.
+    """
+    if table.empty:
+        return ""
+    block = block if block is not None else (table.attrs.get("block", "seed") if table.attrs else "seed")
+    empty = empty_cells if empty_cells is not None else list(table.attrs.get("empty_cells") or [])
+    metric = metric or str(table.attrs.get("metric", "test_error"))
+    residual = table[table["factor"] == RESIDUAL]
+    df_resid = int(residual["df"].iloc[0]) if len(residual) else 0
+    terms = table[(table["factor"] != RESIDUAL) & (table["factor"] != block)]
+    blocked = bool(block) and bool((table["factor"] == block).any())
+
+    def effect(row: Any) -> str:
+        p = float(row["p"])
+        p_text = "p = n/a" if math.isnan(p) else _fmt_p(p)
+        return f"{row['factor']} F({int(row['df'])}, {df_resid}) = {float(row['F']):.2f}, {p_text}"
+
+    mains = [r for _, r in terms.iterrows() if ":" not in r["factor"]]
+    inters = [r for _, r in terms.iterrows() if ":" in r["factor"]]
+    how = f"type II sums of squares, {block} as a block" if blocked else "type II sums of squares"
+    runs = round(float(table["df"].sum())) + 1  # the total degrees of freedom are n - 1
+    parts = [
+        f"Factorial ANOVA of {metric.replace('_', ' ')} over {runs} ok runs ({how}): main effects "
+        + "; ".join(map(effect, mains))
+    ]
+    if inters:
+        parts.append("interactions " + "; ".join(map(effect, inters)))
+    sentence = "; ".join(parts) + "."
+    significant = [str(r["factor"]) for r in [*mains, *inters] if float(r["p"]) < alpha]
+    rest = [str(r["factor"]) for r in [*mains, *inters] if not float(r["p"]) < alpha]
+    if significant:
+        sentence += f" Significant at {alpha:g}: {', '.join(significant)}"
+        sentence += f"; no significant effect at this n of {', '.join(rest)}." if rest else "."
+    else:
+        sentence += f" No term is significant at {alpha:g} at this n."
+    order = max((str(r["factor"]).count(":") + 1 for r in [*mains, *inters]), default=0)
+    if empty:
+        sentence += f" Every run failed in {'; '.join(empty)}: left out"
+        sentence += (
+            f", so interactions of more than {order} factors cannot be estimated and are left out too."
+            if order < len(mains)
+            else "."
+        )
+    return sentence
 
 
 # --------------------------------------------------------------------------- two models on one test set
@@ -400,70 +703,167 @@ def _mean_per_seed(values: np.ndarray, seeds: list[Hashable], positions: list[in
     return {seed: float(np.mean(v)) for seed, v in sums.items()}
 
 
-def _best_key(rows: list[tuple[Hashable, dict[str, Any]]], *, lower_is_better: bool) -> Hashable | None:
-    """Key of the condition with the best mean among those with ok runs; first seen wins a tie."""
-    scored = [(row["mean"] if lower_is_better else -row["mean"], i) for i, (_, row) in enumerate(rows)]
-    scored = [(s, i) for s, i in scored if not math.isnan(s)]
-    return rows[min(scored)[1]][0] if scored else None
+def _numeric_column(runs: pd.DataFrame, column: str | None) -> np.ndarray:
+    """(R,) floats of ``column``, NaN where a cell is not a finite number or the column is absent."""
+    if not column or column not in runs.columns:
+        return np.full(len(runs), np.nan)
+    x = pd.to_numeric(runs[column], errors="coerce").to_numpy(dtype=float, copy=True)
+    x[np.isinf(x)] = np.nan
+    return x
 
 
-def _versus_best(
-    per_seed: dict[Hashable, dict[Hashable, float]], *, key: Hashable, best_key: Hashable | None
+def _selection_name(select_on: str | None) -> str:
+    if select_on in (SELECTION_METRIC, "val_acc"):
+        return "validation accuracy"
+    return str(select_on).replace("_", " ")
+
+
+def _reference_key(
+    rows: list[tuple[Hashable, dict[str, Any]]],
+    score_column: str | None,
+    *,
+    select_on: str | None,
+    select_lower_is_better: bool,
+) -> tuple[Hashable | None, str]:
+    """(key of the reference condition, how it was chosen).
+
+    The best mean selection score among the conditions with ok runs, the first seen winning a tie;
+    without any finite score, the first condition with an ok run (grid order, fixed in advance).
+    """
+    sign = 1.0 if select_lower_is_better else -1.0
+    scored = [
+        (sign * row[score_column], i)
+        for i, (_, row) in enumerate(rows)
+        if score_column and row["n"] > 0 and not math.isnan(row[score_column])
+    ]
+    if scored:
+        chosen = rows[min(scored)[1]][0]
+        return chosen, reference_by_text(
+            select_on, chosen=True, select_lower_is_better=select_lower_is_better
+        )
+    with_runs = [key for key, row in rows if row["n"] > 0]
+    return (with_runs[0] if with_runs else None), reference_by_text(select_on, chosen=False)
+
+
+def _versus_reference(
+    per_seed: dict[Hashable, dict[Hashable, float]], *, key: Hashable, ref_key: Hashable | None
 ) -> dict[str, Any]:
     nan = math.nan
-    if best_key is None or (key != best_key and not per_seed[key]):
+    if ref_key is None or (key != ref_key and not per_seed[key]):
         return {
             "n_pairs": 0,
-            "mean_diff_vs_best": nan,
-            "p_vs_best": nan,
-            "p_wilcoxon_vs_best": nan,
-            "p_holm_vs_best": nan,
+            "mean_diff_vs_ref": nan,
+            "p_vs_ref": nan,
+            "p_wilcoxon_vs_ref": nan,
+            "p_holm_vs_ref": nan,
         }
-    if key == best_key:
+    if key == ref_key:
         return {
             "n_pairs": len(per_seed[key]),
-            "mean_diff_vs_best": 0.0,
-            "p_vs_best": nan,
-            "p_wilcoxon_vs_best": nan,
-            "p_holm_vs_best": nan,
+            "mean_diff_vs_ref": 0.0,
+            "p_vs_ref": nan,
+            "p_wilcoxon_vs_ref": nan,
+            "p_holm_vs_ref": nan,
         }
-    mine, best = per_seed[key], per_seed[best_key]
-    shared = sorted((s for s in mine if s in best), key=repr)  # deterministic order; the tests ignore it
-    test = paired_test([mine[s] for s in shared], [best[s] for s in shared])
+    mine, ref = per_seed[key], per_seed[ref_key]
+    shared = sorted((s for s in mine if s in ref), key=repr)  # deterministic order; the tests ignore it
+    test = paired_test([mine[s] for s in shared], [ref[s] for s in shared])
     return {
         "n_pairs": test["n_pairs"],
-        "mean_diff_vs_best": test["mean_diff"],
-        "p_vs_best": test["p_t"],
-        "p_wilcoxon_vs_best": test["p_wilcoxon"],
-        "p_holm_vs_best": nan,  # filled in once all conditions are known
+        "mean_diff_vs_ref": test["mean_diff"],
+        "p_vs_ref": test["p_t"],
+        "p_wilcoxon_vs_ref": test["p_wilcoxon"],
+        "p_holm_vs_ref": nan,  # filled in once all conditions are known
     }
 
 
-def _verdict(row: Any, *, is_best: bool, lower_is_better: bool, alpha: float) -> str:
-    if is_best:
-        return "best"
+def _verdict(row: Any, *, is_ref: bool, lower_is_better: bool, alpha: float) -> str:
+    if is_ref:
+        return REFERENCE
     if row["n"] == 0:
-        return "failed"
-    if row["n_pairs"] < MIN_T_PAIRS or math.isnan(row["p_holm_vs_best"]):
-        return "n/a"
-    if row["p_holm_vs_best"] >= alpha:
-        return "tied"
-    losing = row["mean_diff_vs_best"] > 0 if lower_is_better else row["mean_diff_vs_best"] < 0
-    return "worse" if losing else "better"
+        return FAILED
+    if row["n_pairs"] < MIN_T_PAIRS or math.isnan(row["p_holm_vs_ref"]):
+        return NOT_TESTED
+    if row["p_holm_vs_ref"] >= alpha:
+        return NO_DIFFERENCE
+    losing = row["mean_diff_vs_ref"] > 0 if lower_is_better else row["mean_diff_vs_ref"] < 0
+    return WORSE if losing else BETTER
 
 
-def _best_first(rows: list[dict[str, Any]], *, lower_is_better: bool) -> list[dict[str, Any]]:
-    """Best, then the others by mean (best direction first), then conditions with no ok run."""
+def _reference_first(rows: list[dict[str, Any]], *, lower_is_better: bool) -> list[dict[str, Any]]:
+    """The reference, then the others by mean (best direction first), then conditions with no ok run."""
     sign = 1.0 if lower_is_better else -1.0
 
     def rank(row: dict[str, Any]) -> tuple[int, float]:
-        if row["verdict"] == "best":
+        if row["verdict"] == REFERENCE:
             return (0, 0.0)
         if row["n"] == 0:
             return (2, 0.0)
         return (1, sign * row["mean"])
 
     return sorted(rows, key=rank)  # stable: equal means keep their first-seen order
+
+
+def _flattered_note(rows: list[tuple[str, Any]], ref_name: str, *, lower: bool, what: str, fmt: Any) -> str:
+    """' The lowest mean test error is X's (2.75%): ...' when it is not the reference's, else ''."""
+    ok = [(name, row) for name, row in rows if row["n"] > 0 and not pd.isna(row["mean"])]
+    if not ok:
+        return ""
+    pick = min if lower else max
+    name, row = pick(ok, key=lambda item: float(item[1]["mean"]))  # the first of equal means
+    if name == ref_name:
+        return ""
+    word = "lowest" if lower else "highest"
+    return (
+        f" The {word} mean {what} is {name}'s ({fmt(row['mean'])}), a description only: "
+        f"picked by {what} itself it would be flattered by its own noise."
+    )
+
+
+def _level_text(value: Any) -> str:
+    """A factor level as text, so that None, NaN, numbers and bools are plain categories."""
+    return _fmt_value(value)
+
+
+def _empty_cells(runs: pd.DataFrame, factors: list[str], ok: np.ndarray) -> list[str]:
+    """'a=1, b=x' for each cell (a combination present in ``runs``) without an ok run."""
+    cells: dict[tuple[str, ...], bool] = {}
+    labels = [runs[f].map(_level_text).tolist() for f in factors]
+    for position, cell in enumerate(zip(*labels, strict=True)):
+        cells[cell] = cells.get(cell, False) or bool(ok[position])
+    return [
+        ", ".join(f"{f}={v}" for f, v in zip(factors, cell, strict=True))
+        for cell, has in cells.items()
+        if not has
+    ]
+
+
+def _estimable_order(data: pd.DataFrame, used: list[str]) -> int:
+    """The highest k such that, for every k of the factors, every combination of their levels
+    has an observation (so each interaction of k factors is estimable)."""
+    for k in range(len(used), 0, -1):
+        full = all(
+            len(data[list(combo)].drop_duplicates()) == math.prod(data[c].nunique() for c in combo)
+            for combo in combinations(used, k)
+        )
+        if full:
+            return k
+    return 1
+
+
+def _block_is_crossed(blocks: np.ndarray, cells: pd.DataFrame) -> bool:
+    """At least 2 block values, each seen in at least 2 cells: a block shared across conditions."""
+    keys = pd.Series([tuple(r) for r in cells.itertuples(index=False)])
+    frame = pd.DataFrame({"block": blocks, "cell": keys})
+    per_block = frame.groupby("block")["cell"].nunique()
+    return len(per_block) >= 2 and bool((per_block >= 2).all())
+
+
+def _term_name(term: str, names: dict[str, str]) -> str:
+    """'C(f0):C(f2)' -> 'variant:pooling'; 'Residual' stays."""
+    if term == RESIDUAL:
+        return RESIDUAL
+    return ":".join(names[part[2:-1]] for part in term.split(":"))
 
 
 def _condition_name(row: Any, by: list[str]) -> str:
@@ -491,8 +891,15 @@ def _fmt_p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
-def _with_p(named: list[tuple[str, Any]]) -> str:
-    return ", ".join(f"{name} (Holm {_fmt_p(float(row['p_holm_vs_best']))})" for name, row in named)
+def _with_p(named: list[tuple[str, Any]], *, raw: bool = False) -> str:
+    """'a (Holm p = 0.03), b (Holm p < 0.001)'; with ``raw`` the uncorrected p first: '(p = 0.005,
+    Holm p = 0.12)', so a reader sees what the correction for many comparisons did."""
+
+    def ps(row: Any) -> str:
+        holm_p = f"Holm {_fmt_p(float(row['p_holm_vs_ref']))}"
+        return f"{_fmt_p(float(row['p_vs_ref']))}, {holm_p}" if raw else holm_p
+
+    return ", ".join(f"{name} ({ps(row)})" for name, row in named)
 
 
 def _failed_note(named: list[tuple[str, Any]]) -> str:

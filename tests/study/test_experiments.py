@@ -107,7 +107,8 @@ def test_optimizers_each_get_their_own_learning_rate_range():
     assert max(lrs["sgd"]) == 1.0 and max(lrs["rmsprop"]) == 0.1 and min(lrs["adam"]) == 1e-4
     runs = experiment.configs()
     assert len(runs) == sum(map(len, lrs.values())) * experiment.seeds
-    assert {c.epochs for c in runs} == {50} and {c.patience for c in runs} == {5}
+    # a fixed budget (issue #24): 20 epochs, no early stopping, the best validation epoch kept
+    assert {c.epochs for c in runs} == {20} and {c.patience for c in runs} == {0}
     assert {c.seed for c in runs} == set(range(experiment.seeds))
 
 
@@ -133,6 +134,20 @@ def test_lenet_variants_cover_both_skeletons_and_their_own_defaults():
     assert {c.activation for c in configs} >= {"scaled_tanh", "tanh", "relu"}
     assert {c.pooling for c in configs} == {"subsample", "avg", "max"}
     assert len(points) == 2 * 4 * 3 and len(configs) == len(points) * experiment.seeds
+
+
+def test_lenet_variants_is_a_factorial_design_and_the_optimizers_grids_are_not():
+    from study.stages.sweep.tables import factorial_factors
+
+    def planned_runs(name: str) -> tuple[pd.DataFrame, list[str]]:
+        experiment = load_experiment(EXPERIMENTS / f"{name}.toml")
+        rows = [{**p.labels, "seed": p.config.seed} for p in experiment.planned()]
+        return pd.DataFrame(rows), experiment.swept_fields()
+
+    runs, swept = planned_runs("lenet-variants")
+    assert factorial_factors(runs, swept) == ["variant", "activation", "pooling"]  # 2 x 4 x 3
+    runs, swept = planned_runs("optimizers")  # each optimizer over its own lrs: no product
+    assert factorial_factors(runs, swept) == []
 
 
 def test_lenet_vs_resnet_trains_every_model_for_the_same_epochs():
@@ -236,7 +251,9 @@ def test_selection_picks_by_validation_never_by_test_error():
     # the comparison is on test error of the chosen lr: sgd's 0.04x, not the 0.02x of lr 0.01
     assert table.loc["sgd", "test_error_mean"] == pytest.approx(0.041)
     assert table.loc["adam", "test_error_mean"] == pytest.approx(0.030)
-    assert selected.iloc[0]["optimizer"] == "adam" and selected.iloc[0]["verdict"] == "best"
+    # the reference among the chosen points is again chosen by validation: adam's 0.98 over sgd's 0.97
+    assert selected.iloc[0]["optimizer"] == "adam" and selected.iloc[0]["verdict"] == "reference"
+    assert selected["reference"].tolist() == [True, False]
 
 
 def test_selection_tie_goes_to_the_first_in_grid_order():
@@ -266,13 +283,23 @@ def test_sweep_experiments_smoke_on_digits(smoke, name):
         "test_error_std",
         "ci95_low",
         "ci95_high",
-        "p_holm_vs_best",
+        "best_val_acc_mean",
+        "reference",
+        "p_holm_vs_ref",
         "verdict",
         "seconds_mean",
         "parameters",
     }
     assert columns <= set(summary.columns)
-    assert summary["verdict"].iloc[0] in ("best", "failed")
+    assert summary["verdict"].iloc[0] in ("reference", "failed")
+    assert set(summary["verdict"]) <= {
+        "reference",
+        "better",
+        "worse",
+        "no significant difference",
+        "n/a",
+        "failed",
+    }
     assert set(pd.read_parquet(folder / "epochs.parquet")["run"]) == set(range(trained))
     for png in (figure, "test_error.png", "learning_curves.png"):
         assert (folder / png).read_bytes()[:8] == PNG
@@ -281,8 +308,12 @@ def test_sweep_experiments_smoke_on_digits(smoke, name):
     selected = folder / "selected.parquet"
     shown = pd.read_parquet(selected) if selected.is_file() else summary  # select: the answer's table
     ok = shown[shown["n"] > 0]
-    if len(ok) > 1:  # the sentence names the best and quotes its real number
-        assert f"{100 * ok['test_error_mean'].min():.2f}%" in text and "lowest mean test error" in text
+    if len(ok) > 1:  # the sentence names the reference, chosen by validation, and quotes its number
+        reference = ok[ok["reference"]].iloc[0]
+        assert reference["best_val_acc_mean"] == ok["best_val_acc_mean"].max()
+        assert f"its mean test error is {100 * reference['test_error_mean']:.2f}%" in text
+        assert "is the reference, chosen by validation accuracy" in text
+    assert "tied" not in text
 
 
 def test_optimizers_smoke_writes_the_selected_and_fixed_lr_views(smoke):
@@ -315,7 +346,7 @@ def test_data_fraction_smoke_reports_both_budgets(smoke):
     # fraction 1 (and, capped at 1 epoch, 1/16 too) is one run counted in both views
     assert runs.groupby("run")["budget"].nunique().eq(2).all()
     summary = pd.read_parquet(folder / "summary.parquet")
-    assert (summary["verdict"] == "best").sum() == 2  # each budget compared on its own
+    assert (summary["verdict"] == "reference").sum() == 2  # each budget compared on its own
     text = (folder / "REPORT.md").read_text()
     for view in ("Equal steps", "Equal epochs"):
         part = runs[runs["budget"] == view.lower().replace(" ", "_")]
@@ -378,7 +409,9 @@ def test_fashion_file_tunes_the_full_space_then_ensembles_the_best():
     assert experiment.base_config().dataset == "fashion-mnist"
     space = experiment.space
     assert {"optimizer", "lr", "activation", "pooling", "batch_size"} <= set(space)
-    assert {"lr_schedule", "patience", "augment"} <= set(space) and "flip" in space["augment"]["choices"]
+    assert {"lr_schedule", "augment"} <= set(space) and "flip" in space["augment"]["choices"]
+    # a fixed budget: patience is not searched, it is 0 for every trial and member
+    assert "patience" not in space and experiment.base_config().patience == 0
     assert experiment.members == 5 and experiment.resample == "bootstrap"
     assert experiment.resnet == "resnet18" and experiment.resnet_precision == "bf16"
     base = experiment.base_config()

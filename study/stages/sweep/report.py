@@ -1,6 +1,8 @@
 """The sweep stage's section of REPORT.md, computed from its ``SweepResults``: the answer first
-(the selected view, each budget's view, or the grid), then failures, stopping, cost and any
-published reference, then the tables."""
+(the selected view, each budget's view, or the grid: a reference chosen by validation, every
+other condition tested against it on test error), the factorial ANOVA of a factorial grid, then
+failures, stopping, cost (averages of successful runs only) and any published reference, then
+the tables."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from study.common.report import md as _md
 from study.common.report import pct as _pct
 from study.common.report import value_text as _value
 from study.common.selection import SELECTION_METRIC
-from study.stages.sweep.tables import FAILED_STATUSES, SELECTION_MEAN, label_of
+from study.stages.sweep.tables import FAILED_STATUSES, SELECTION_MEAN, label_of, ok_runs
 
 if TYPE_CHECKING:
     from study.stages.sweep.results import SweepResults
@@ -37,6 +39,8 @@ def sweep_section(results: SweepResults, root: Path) -> list[str]:
         tables.append((f"Every condition at {where}: test error {STATS_NOTE}", at))
     if not select:
         sentences += _main_sentences(summary, swept)
+    if results.anova is not None:
+        sentences.append(_anova_sentence(results.anova, runs))
     sentences.append(_failed_sentence(runs, swept))
     sentences += _fraction_sentences(runs, swept)
     sentences += _stopping_sentences(runs)
@@ -48,6 +52,8 @@ def sweep_section(results: SweepResults, root: Path) -> list[str]:
         else f"Test error by condition {STATS_NOTE}"
     )
     tables.append((grid_heading, summary))
+    if results.anova is not None:
+        tables.append((_anova_heading(results.anova), results.anova))
     if select:
         tables.append((f"The choice of {select}: mean {SELECTION_METRIC} of ok seeds", selection))
     title = run.get("description") or root.name
@@ -55,7 +61,10 @@ def sweep_section(results: SweepResults, root: Path) -> list[str]:
     return [f"## {title}", "", *[s for s in sentences if s], "", *body, *_figures(root, root), ""]
 
 
-STATS_NOTE = "(ok runs: mean, 95% t-interval; paired t-test vs the best over seeds, Holm)"
+STATS_NOTE = (
+    "(ok runs: mean, 95% t-interval; reference: chosen by validation accuracy, never test; "
+    "paired t-test against it over seeds, Holm)"
+)
 BUDGET_NAMES = {"equal_steps": "Equal steps", "equal_epochs": "Equal epochs"}
 
 
@@ -66,12 +75,39 @@ def _claim(table: pd.DataFrame, by: list[str]) -> str:
     if table.empty:
         return "No condition has a run."
     stats = table.rename(columns={"test_error_mean": "mean", "test_error_std": "std"})
-    stats.attrs.update({"by": by, "metric": "test_error", "lower_is_better": True})
+    stats.attrs.update(
+        {
+            "by": by,
+            "metric": "test_error",
+            "lower_is_better": True,
+            "select_on": SELECTION_METRIC,
+            "select_lower_is_better": False,
+        }
+    )
     return best_claim(stats)
 
 
+def _anova_sentence(anova: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """The main effects and interactions with F and p, and the cells whose every run failed."""
+    from study.common.stats import anova_claim
+
+    factors = [f for f in anova["factor"] if ":" not in f and f not in ("Residual", "seed")]
+
+    def cells(frame: pd.DataFrame) -> set[tuple[str, ...]]:
+        return {tuple(_value(v) for v in row) for row in frame[factors].itertuples(index=False)}
+
+    empty = sorted(cells(runs) - cells(ok_runs(runs)))
+    named = [", ".join(f"{f}={v}" for f, v in zip(factors, cell, strict=True)) for cell in empty]
+    return anova_claim(anova, block="seed", empty_cells=named)
+
+
+def _anova_heading(anova: pd.DataFrame) -> str:
+    block = ", seed as a block" if (anova["factor"] == "seed").any() else ""
+    return f"Factorial ANOVA of test error (ok runs, type II sums of squares{block})"
+
+
 def _main_sentences(summary: pd.DataFrame, swept: list[str]) -> list[str]:
-    if "budget" in swept:  # each budget is its own comparison, with its own best
+    if "budget" in swept:  # each budget is its own comparison, with its own reference
         rest = [s for s in swept if s != "budget"]
         return [
             f"{BUDGET_NAMES.get(budget, budget)}: {_claim(part, rest)}"
@@ -157,27 +193,42 @@ def _fraction_sentences(runs: pd.DataFrame, swept: list[str]) -> list[str]:
 
 
 def _stopping_sentences(runs: pd.DataFrame) -> list[str]:
-    if "stopped_early" not in runs.columns or not runs["stopped_early"].any():
+    """How many successful runs stopped early and how long they lasted: averages over successful
+    (ok) runs only, each trained run once (a run shared by two views counts once); a failed run
+    stops when it fails, which says nothing about early stopping."""
+    if "stopped_early" not in runs.columns:
         return []
-    stopped = runs.drop_duplicates("run")
+    trained = runs.drop_duplicates("run") if "run" in runs.columns else runs
+    ok = ok_runs(trained)
+    if ok.empty or not ok["stopped_early"].astype(bool).any():
+        return []
+    left_out = len(trained) - len(ok)
+    failed = f"; the {left_out} failed run(s) are left out of these averages" if left_out else ""
     return [
-        f"{int(stopped['stopped_early'].sum())} of {len(stopped)} runs stopped early when validation "
-        f"accuracy stopped improving; runs lasted {stopped['epochs_run'].mean():.1f} epochs on average "
-        f"and kept their best validation epoch ({stopped['best_epoch'].mean():.1f} on average)."
+        f"{int(ok['stopped_early'].astype(bool).sum())} of {len(ok)} successful runs stopped early when "
+        f"validation accuracy stopped improving; successful runs lasted {ok['epochs_run'].mean():.1f} "
+        f"epochs on average and kept their best validation epoch ({ok['best_epoch'].mean():.1f} on "
+        f"average){failed}."
     ]
 
 
 def _cost_sentences(summary: pd.DataFrame, swept: list[str]) -> list[str]:
-    """Parameters and wall time per condition, where the conditions are different models."""
+    """Parameters, wall time and epochs per condition, where the conditions are different models:
+    the summary's means, which are over successful (ok) runs only."""
     if "parameters" not in summary.columns or summary["parameters"].nunique() < 2:
         return []
     parts = [
         f"{label_of(r, swept)}: {r['parameters']:,.0f} parameters, {r['seconds_mean']:,.0f} s per run"
         + (f" ({r['epochs_run_mean']:.1f} epochs)" if "epochs_run_mean" in r else "")
+        + f" over {int(r['n'])} successful run(s)"
         for _, r in summary.iterrows()
         if r["n"] > 0
     ]
-    return ["Size and cost (wall time: mean of ok runs, where they ran): " + "; ".join(parts) + "."]
+    return [
+        "Size and cost (wall time and epochs: means of successful runs only, failed runs left out): "
+        + "; ".join(parts)
+        + "."
+    ]
 
 
 def _reference_sentences(summary: pd.DataFrame, reference: dict) -> list[str]:
@@ -188,14 +239,14 @@ def _reference_sentences(summary: pd.DataFrame, reference: dict) -> list[str]:
     published = f"{reference['source']} reports {_pct(reference['test_acc'])} test accuracy."
     if ok.empty:
         return [published + " No run of ours succeeded to compare with it."]
-    row = ok.iloc[0]  # the only condition, or the best one
+    row = ok.iloc[0]  # the only condition, or the reference (chosen by validation)
     ours = 1 - row["test_error_mean"]
     interval = (
         f", 95% t-interval {_pct(1 - row['ci95_high'])} to {_pct(1 - row['ci95_low'])}"
         if row["n"] > 1
         else ""
     )
-    which = "" if len(summary) == 1 else f" ({_condition(row, summary)})"
+    which = "" if len(summary) == 1 else f" ({_condition(row, summary)}, the reference chosen by validation)"
     line = (
         f"{published} Ours{which}: {_pct(ours)} mean test accuracy over {int(row['n'])} seed(s){interval}, "
         f"{100 * (ours - reference['test_acc']):+.2f} percentage points."
@@ -206,5 +257,3 @@ def _reference_sentences(summary: pd.DataFrame, reference: dict) -> list[str]:
 
 def _condition(row: pd.Series, summary: pd.DataFrame) -> str:
     return label_of(row, list(summary.columns[: list(summary.columns).index("n")]))
-
-

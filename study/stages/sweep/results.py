@@ -2,9 +2,15 @@
 back here and nowhere else.
 
 ``runs.{parquet,csv}`` (one row per condition x seed), ``epochs.parquet`` (every run's curve),
-``summary.{parquet,csv,md}`` (per condition: n, mean, interval, paired test), the views
-``selection``, ``selected`` and ``compare_at`` when the experiment asks for them, ``run.json``
-(provenance and the experiment file as run), figures, and each finished run under ``runs/``.
+``summary.{parquet,csv,md}`` (per condition: n, mean, interval, the reference chosen by
+validation and the paired test against it), the views ``selection``, ``selected`` and
+``compare_at`` when the experiment asks for them, ``anova`` when the grid is factorial,
+``run.json`` (provenance and the experiment file as run), figures, and each finished run under
+``runs/``.
+
+Tables written before the reference was chosen by validation (a summary without a ``reference``
+column: its "best" was the lowest test error, its "tied" a non-significant test) are recomputed
+from ``runs.parquet`` on read, with the views and the ANOVA, so a report never restates them.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ from study.stages.sweep.tables import (
     FAILED_STATUSES,
     SELECTION_MEAN,
     SELECTION_STD,
+    anova_view,
     at_name,
     compare_at_view,
     label_of,
     rows_at,
     select_by_validation,
     selected_view,
+    summarize,
 )
 
 if TYPE_CHECKING:
@@ -46,20 +54,31 @@ RUNS = "runs"
 RUNS_FOLDER = "runs"  # one JSON per finished run, for --resume
 EPOCHS = "epochs"
 SUMMARY = "summary"
-SELECTION, SELECTED, COMPARE_AT = "selection", "selected", "compare_at"
-VIEWS = (SELECTION, SELECTED, COMPARE_AT)
+SELECTION, SELECTED, COMPARE_AT, ANOVA = "selection", "selected", "compare_at", "anova"
+VIEWS = (SELECTION, SELECTED, COMPARE_AT, ANOVA)
+SUMMARY_VIEWS = (SELECTED, COMPARE_AT)  # shaped like the summary: one row per condition
 # Tables written before the one selection metric was named called it val_acc.
 LEGACY_COLUMNS = {"val_acc": SELECTION_METRIC, "val_acc_mean": SELECTION_MEAN, "val_acc_std": SELECTION_STD}
 
 
 def build_views(runs: pd.DataFrame, plan: SweepPlan) -> dict[str, pd.DataFrame]:
-    """The ``select`` and ``compare_at`` views the plan asks for."""
+    """The ``select`` and ``compare_at`` views the plan asks for, and the ANOVA of a factorial grid."""
+    return _views(
+        runs, swept=list(plan.swept), kind=plan.kind, select=plan.select, compare_at=plan.compare_at
+    )
+
+
+def _views(
+    runs: pd.DataFrame, *, swept: list[str], kind: str, select: str, compare_at: dict[str, Any]
+) -> dict[str, pd.DataFrame]:
     views: dict[str, pd.DataFrame] = {}
-    swept = list(plan.swept)
-    if plan.select:
-        views[SELECTION], views[SELECTED] = selected_view(runs, swept=swept, field=plan.select)
-    if plan.compare_at:
-        views[COMPARE_AT] = compare_at_view(runs, swept=swept, at=plan.compare_at)
+    if select:
+        views[SELECTION], views[SELECTED] = selected_view(runs, swept=swept, field=select)
+    if compare_at:
+        views[COMPARE_AT] = compare_at_view(runs, swept=swept, at=compare_at)
+    anova = anova_view(runs, swept) if kind == "sweep" else None  # data-fraction: each budget apart
+    if anova is not None:
+        views[ANOVA] = anova
     return views
 
 
@@ -109,6 +128,11 @@ class SweepResults:
     def compared_at(self) -> pd.DataFrame | None:
         """The summary of every condition at the ``compare_at`` value."""
         return self.views.get(COMPARE_AT)
+
+    @property
+    def anova(self) -> pd.DataFrame | None:
+        """The factorial ANOVA of test error (factor, sum_sq, df, F, p), where the grid is factorial."""
+        return self.views.get(ANOVA)
 
     @property
     def best_config(self) -> TrialConfig | None:
@@ -188,20 +212,46 @@ class SweepResults:
     def read(cls, folder: Path) -> SweepResults:
         """The results a sweep or data-fraction experiment wrote to ``folder`` (OUT/NAME)."""
         runs = _current(read_table(folder / f"{RUNS}.parquet", what="sweep runs"))
+        summary = read_table(folder / f"{SUMMARY}.parquet", what="sweep summary")
         views = {
             name: _current(view)
             for name in VIEWS
             if (view := read_optional_table(folder / f"{name}.parquet", what=f"sweep {name}")) is not None
         }
+        run = read_run_info(folder)
+        if "reference" not in summary.columns:  # written before the reference was chosen by validation
+            summary, views = _recomputed(runs, summary, views, run)
         return cls(
             runs=expand_configs(runs),
             epochs=read_table(folder / f"{EPOCHS}.parquet", what="sweep epochs"),
-            summary=read_table(folder / f"{SUMMARY}.parquet", what="sweep summary"),
+            summary=summary,
             views=views,
-            run=read_run_info(folder),
+            run=run,
             folder=folder,
         )
 
+
+def _recomputed(
+    runs: pd.DataFrame, summary: pd.DataFrame, views: dict[str, pd.DataFrame], run: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The summary, its views and the ANOVA of an older sweep, computed again from its runs.
+
+    The condition columns are the old summary's (those before ``n``); data-fraction experiments
+    compare each budget apart, as they always did.
+    """
+    file = run.get("file") or {}
+    kind = str(run.get("kind") or file.get("kind") or "sweep")
+    columns = list(summary.columns)
+    swept = columns[: columns.index("n")]
+    within = ["budget"] if kind == "data-fraction" and "budget" in runs.columns else None
+    recomputed = _views(
+        runs,
+        swept=swept,
+        kind=kind,
+        select=str(file.get("select") or "") if SELECTED in views else "",
+        compare_at=dict(file.get("compare_at") or {}) if COMPARE_AT in views else {},
+    )
+    return summarize(runs, swept, within=within), {**views, **recomputed}
 
 
 def _current(frame: pd.DataFrame) -> pd.DataFrame:

@@ -80,7 +80,9 @@ class RunStore:
 
 def run_sweep(plan: SweepPlan, *, context: RunContext) -> SweepResults:
     """Run every grid point x seed (``--resume`` reads finished runs back from ``runs/``), then
-    write runs, epochs, summary, the select and compare_at views and figures to OUT/NAME/."""
+    write runs, epochs, summary (the reference chosen by validation, every other point tested
+    against it on test error), the select and compare_at views, the ANOVA of a factorial grid and
+    figures to OUT/NAME/."""
     runs = [SweepRun(i, config) for i, config in enumerate(plan.configs())]
     with context.stage_folder(STAGE) as folder:
 
@@ -97,7 +99,8 @@ def run_sweep(plan: SweepPlan, *, context: RunContext) -> SweepResults:
 def sweep_results(
     plan: SweepPlan, runs: list[SweepRun], outputs: dict[str, RunOutput], data: ImageData
 ) -> SweepResults:
-    """(runs, epochs, summary, views): a row per planned (condition, seed), every run's history.
+    """(runs, epochs, summary, views): a row per planned (condition, seed), every run's history;
+    the views are those the plan asks for, and ``anova`` when the grid is factorial.
 
     Rows whose configs are equal (a data-fraction's fraction 1 under both budgets) share one
     trained run and its ``run`` id.

@@ -1,6 +1,8 @@
 """Sweep tables: one row per grid point over its seeds, with the statistics every comparison
-needs (``study.common.stats``), the label that names a grid point, and the views of a sweep
-with ``select`` (each group's value of a field chosen by validation) and ``compare_at``."""
+needs (``study.common.stats``: a reference point chosen by validation, every other point tested
+against it on test error), the label that names a grid point, the views of a sweep with
+``select`` (each group's value of a field chosen by validation) and ``compare_at``, and the
+factorial ANOVA of a grid that is a full product of its fields."""
 
 from __future__ import annotations
 
@@ -12,15 +14,15 @@ import pandas as pd
 
 from lenet_core.status import failed_names
 from study.common.selection import SELECTION_METRIC
-from study.common.stats import compare_conditions
+from study.common.stats import compare_conditions, factorial_anova
 
 FAILED_STATUSES = failed_names()
 # The selection view's columns: the mean and spread over ok seeds of the selection metric.
 SELECTION_MEAN, SELECTION_STD = f"{SELECTION_METRIC}_mean", f"{SELECTION_METRIC}_std"
 
-# Means of ok runs only (failed runs are counted in "failed", never averaged in).
+# Means of ok runs only (failed runs are counted in "failed", never averaged in); the selection
+# metric's mean (SELECTION_MEAN) comes with compare_conditions, which chooses the reference by it.
 EXTRA_MEANS = {
-    SELECTION_METRIC: SELECTION_MEAN,
     "final_train_loss": "final_train_loss_mean",
     "epochs_run": "epochs_run_mean",
     "seconds": "seconds_mean",
@@ -28,12 +30,21 @@ EXTRA_MEANS = {
 }
 
 
+def ok_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that count: not failed (diverged, collapsed) and with a finite test error."""
+    errors = pd.to_numeric(runs["test_error"], errors="coerce")
+    return runs[~runs["status"].isin(FAILED_STATUSES) & np.isfinite(errors)]
+
+
 def summarize(runs: pd.DataFrame, swept: list[str], *, within: list[str] | None = None) -> pd.DataFrame:
-    """Per grid point: n ok runs, failed runs, test error mean, std and 95% t-interval, and the
-    paired test against the best point over matching seeds (Holm-corrected), with a verdict.
+    """Per grid point: n ok runs, failed runs, test error mean, std and 95% t-interval, the mean
+    validation accuracy (``best_val_acc_mean``), ``reference`` (True on the point with the highest
+    validation mean: test error never chooses it), and the paired test against the reference over
+    matching seeds (Holm-corrected), with a verdict (reference, better, worse, no significant
+    difference, n/a, failed).
 
     With ``within`` (e.g. ["budget"]) each group of those columns is compared apart, with its own
-    best point and Holm family, and the groups are stacked in first-seen order.
+    reference and Holm family, and the groups are stacked in first-seen order.
     """
     if not within:
         return _compare(runs, swept)
@@ -45,10 +56,15 @@ def summarize(runs: pd.DataFrame, swept: list[str], *, within: list[str] | None 
 
 def _compare(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     table = compare_conditions(
-        runs, by=by, metric="test_error", pair_on="seed", failed_statuses=FAILED_STATUSES
+        runs,
+        by=by,
+        metric="test_error",
+        pair_on="seed",
+        select_on=SELECTION_METRIC,
+        failed_statuses=FAILED_STATUSES,
     )
     table = table.rename(columns={"mean": "test_error_mean", "std": "test_error_std"})
-    ok = runs[~runs["status"].isin(FAILED_STATUSES)]
+    ok = ok_runs(runs)
     extra = {k: v for k, v in EXTRA_MEANS.items() if k in runs.columns}  # old runs lack some
     means = ok.groupby(by, dropna=False, sort=False)[list(extra)].mean().rename(columns=extra)
     merged = table.merge(means.reset_index(), on=by, how="left")
@@ -124,6 +140,41 @@ def compare_at_view(runs: pd.DataFrame, *, swept: list[str], at: dict[str, Any])
     for key, value in at.items():
         mask &= (runs[key] == value).to_numpy()
     return summarize(runs[mask], swept)
+
+
+def factorial_factors(runs: pd.DataFrame, swept: list[str]) -> list[str]:
+    """The swept fields of a factorial design, or [] when the grid is not one.
+
+    A grid is factorial when at least 2 swept fields take 2 or more values each, every
+    combination of their values was run (the grid is their full product, as one ``[sweep]``
+    table makes it) and each combination has at least 2 seeds. Fields with one value are no
+    factor. Judged on the planned runs, failed ones included: a failure does not change the design.
+    """
+    if runs.empty or "seed" not in runs.columns:
+        return []
+    factors = [s for s in swept if s in runs.columns and runs[s].map(_cell).nunique(dropna=False) >= 2]
+    if len(factors) < 2:
+        return []
+    cells = runs[factors].map(_cell).assign(seed=runs["seed"].map(_cell))
+    seeds = cells.groupby(factors, sort=False, dropna=False)["seed"].nunique()
+    product = math.prod(cells[f].nunique(dropna=False) for f in factors)
+    return factors if len(seeds) == product and bool((seeds >= 2).all()) else []
+
+
+def anova_view(runs: pd.DataFrame, swept: list[str]) -> pd.DataFrame | None:
+    """The factorial ANOVA of test error (ok runs, type II, seed as a block) of a factorial grid,
+    or None when the grid is not factorial."""
+    factors = factorial_factors(runs, swept)
+    if not factors:
+        return None
+    return factorial_anova(
+        runs, factors=factors, metric="test_error", block="seed", failed_statuses=FAILED_STATUSES
+    )
+
+
+def _cell(value: Any) -> Any:
+    """A hashable stand-in for a cell: None and NaN are one missing value."""
+    return None if _missing(value) else value
 
 
 def at_name(at: dict[str, Any]) -> str:

@@ -221,3 +221,48 @@ def test_bench_refuses_bad_settings_before_measuring(tmp_path):
 def test_bench_rejects_bad_flags(tmp_path):
     result = CliRunner().invoke(app, ["bench", "--device", "tpu", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--device must be cpu or cuda" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("bf16_minus_fp32", "equivalent"),
+    [
+        ([0.20, 0.15, 0.15], True),  # consistent small differences: shown equivalent within 0.5 points
+        ([0.40, -0.30, 0.30], False),  # mean 0.13, within the tolerance, but too noisy to show it
+    ],
+)
+def test_bench_bf16_accuracy_claim_rests_on_a_paired_tost(monkeypatch, bf16_minus_fp32, equivalent):
+    import types
+
+    import lenet_core.train
+    from study.bench.precision import accuracy_ab
+    from study.bench.settings import BenchSettings
+
+    fp32 = [0.970, 0.960, 0.980]
+    accs = {("fp32", s): a for s, a in enumerate(fp32)}
+    accs.update(
+        {("bf16", s): a + d / 100 for s, (a, d) in enumerate(zip(fp32, bf16_minus_fp32, strict=True))}
+    )
+
+    def train_trial(config, data):
+        return types.SimpleNamespace(
+            test_acc=accs[(config.precision, config.seed)], history=[{"seconds": 1.0}]
+        )
+
+    monkeypatch.setattr(lenet_core.train, "train_trial", train_trial)
+    settings = BenchSettings(quick=True, core=False, accuracy=True, epochs=1, seeds=3, precision_threads=1)
+    figures = accuracy_ab(types.SimpleNamespace(name="digits"), settings=settings, model="lenet5", say=print)
+    assert figures["within_tolerance"] is True  # the point estimate alone, as before
+    assert figures["tost_margin_points"] == 0.5 and figures["equivalent"] is equivalent
+    from study.common.stats import tost
+
+    expected = tost(
+        [100 * (a + d / 100) for a, d in zip(fp32, bf16_minus_fp32, strict=True)],
+        [100 * a for a in fp32],
+        0.5,
+    )
+    assert figures["tost_p"] == pytest.approx(expected["p"])
+    assert (figures["tost_p"] < 0.05) is equivalent
+    word = "equivalent" if equivalent else "not shown equivalent"
+    assert figures["equivalence"] == f"{word} within ±0.5 points"
+    low, high = figures["difference_ci90_points"]
+    assert low < figures["difference_points"] < high
