@@ -30,7 +30,7 @@ from study.common.stats import (
     wilson_interval,
 )
 from study.stages.ensemble.members import MemberOutput
-from study.stages.ensemble.results import GROUP_LABELS, EnsembleResults
+from study.stages.ensemble.results import GROUP_LABELS, EnsembleResults, class_name
 from study.stages.ensemble.voting import (
     accuracy,
     accuracy_as_members_are_added,
@@ -278,7 +278,11 @@ def predictions_table(repeat: Repeat, labels: np.ndarray) -> pd.DataFrame:
     return table
 
 
-def per_class_table(predictions: pd.DataFrame, repeat: Repeat, num_classes: int) -> pd.DataFrame:
+def per_class_table(
+    predictions: pd.DataFrame, repeat: Repeat, num_classes: int, *, dataset: str = ""
+) -> pd.DataFrame:
+    """Test error of the best member, the vote and the ResNet on each class (first repeat); the
+    class by its label and its name (Fashion-MNIST's, or the digit for MNIST and the digits)."""
     labels = predictions["label"].to_numpy()
     best = best_member(repeat.groups[main_group(repeat)])
     named = {
@@ -287,7 +291,8 @@ def per_class_table(predictions: pd.DataFrame, repeat: Repeat, num_classes: int)
     }
     if "resnet_pred" in predictions:
         named["resnet"] = predictions["resnet_pred"].to_numpy()
-    table = pd.DataFrame({"digit": np.arange(num_classes)})
+    classes = np.arange(num_classes)
+    table = pd.DataFrame({"class": classes, "class_name": [class_name(dataset, int(c)) for c in classes]})
     for key, pred in named.items():
         table[f"{key}_error"] = [
             float((pred[labels == c] != c).mean()) if (labels == c).any() else np.nan
@@ -344,7 +349,7 @@ def analyze(outputs: list[MemberOutput], data: ImageData, *, run: dict[str, Any]
         comparison_by_repeat=per_repeat,
         mcnemar=pd.DataFrame([row for r in repeats for row in mcnemar_rows(r, labels)]),
         predictions=predictions,
-        per_class=per_class_table(predictions, first, data.num_classes),
+        per_class=per_class_table(predictions, first, data.num_classes, dataset=data.name),
         diversity={
             "repeats": len(repeats),
             "members": len(next(iter(first.groups.values()))),

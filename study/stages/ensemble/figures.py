@@ -19,11 +19,20 @@ from study.common.files import save_figure
 DIGITS = list(range(10))
 
 
-def confusion_matrices(labels: np.ndarray, panels: list[tuple[str, np.ndarray]], path: Path) -> None:
-    """Counts (top) and row-normalised rates (bottom: each true digit's row sums to 1) per model."""
+def confusion_matrices(
+    labels: np.ndarray,
+    panels: list[tuple[str, np.ndarray]],
+    path: Path,
+    *,
+    class_names: tuple[str, ...] | None = None,
+) -> None:
+    """Counts (top) and row-normalised rates (bottom: each true class's row sums to 1) per model;
+    the axes name the classes (Fashion-MNIST's names, or the digits)."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, axes = plt.subplots(2, len(panels), figsize=(5.4 * len(panels), 10), squeeze=False)
+    named = class_names is not None
+    size = (6.6, 12.4) if named else (5.4, 10)
+    fig, axes = plt.subplots(2, len(panels), figsize=(size[0] * len(panels), size[1]), squeeze=False)
     for col, (name, pred) in enumerate(panels):
         for row, (normalize, fmt, what) in enumerate(
             ((None, "d", "counts"), ("true", ".2f", "row-normalised"))
@@ -33,18 +42,26 @@ def confusion_matrices(labels: np.ndarray, panels: list[tuple[str, np.ndarray]],
                 labels,
                 pred,
                 labels=DIGITS,
+                display_labels=list(class_names) if named else DIGITS,
                 normalize=normalize,
                 values_format=fmt,
                 cmap="Blues",
                 ax=ax,
                 colorbar=False,
                 text_kw={"fontsize": 6},
+                xticks_rotation=40 if named else "horizontal",
             )
+            if named:
+                plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
             ax.set_title(f"{name}: {what}")
-            ax.set(xlabel="predicted", ylabel="true")
+            ax.set(xlabel="predicted class", ylabel="true class")
     fig.suptitle("Confusion matrices on the test set (row-normalised: share of each true class)")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _name(label: int, class_names: tuple[str, ...] | None) -> str:
+    return class_names[label] if class_names else str(label)
 
 
 def misclassified_grid(
@@ -55,18 +72,23 @@ def misclassified_grid(
     path: Path,
     *,
     limit: int,
+    class_names: tuple[str, ...] | None = None,
 ) -> None:
-    """The vote's most confident mistakes: true label, prediction and confidence under each."""
+    """The vote's most confident mistakes: true label, prediction and confidence under each
+    (class names for Fashion-MNIST, on two lines: they are wider than a digit)."""
     wrong = np.flatnonzero(pred != labels)
     wrong = wrong[np.argsort(-confidence[wrong])][:limit]
     cols = 8
     rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55), squeeze=False)
+    width, height = (1.5, 1.8) if class_names else (1.3, 1.55)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * width, rows * height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong, strict=False):
         ax.imshow(images[i], cmap="gray_r")
-        ax.set_title(f"true {labels[i]} → {pred[i]}\n{confidence[i]:.0%}", fontsize=8)
+        true, guess = _name(labels[i], class_names), _name(pred[i], class_names)
+        caption = f"{true}\n→ {guess}" if class_names else f"true {true} → {guess}"
+        ax.set_title(f"{caption}\n{confidence[i]:.0%}", fontsize=8)
     fig.suptitle(
         f"Most confident mistakes of the vote ({len(np.flatnonzero(pred != labels))} "
         f"errors in all); caption: true → predicted, mean member probability"
@@ -125,24 +147,34 @@ def vote_accuracy_curve(
 def reliability_diagram(
     models: list[tuple[str, np.ndarray]], labels: np.ndarray, path: Path, *, which: str = ""
 ) -> None:
-    """Accuracy against confidence in 15 bins per model; the diagonal is perfect calibration."""
+    """Accuracy against confidence in 15 bins per model; the diagonal is perfect calibration.
+    Under it, how many test images fall in each bin (log): a point of a near-empty bin is noise,
+    and the ECE weighs each bin by its count."""
     from study.common.stats import expected_calibration_error, reliability_curve
 
-    fig, ax = plt.subplots(figsize=(6, 5.5))
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(6, 7.2), sharex=True, gridspec_kw={"height_ratios": (3, 1.2), "hspace": 0.08}
+    )
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
-    for (name, proba), marker in zip(models, "os^D", strict=False):
+    for (name, proba), marker, colour in zip(models, "os^D", plt.get_cmap("tab10").colors, strict=False):
         curve = reliability_curve(proba, labels)
-        curve = curve[curve["count"] > 0]
         ece = expected_calibration_error(proba, labels)
-        ax.plot(curve["confidence"], curve["accuracy"], marker=marker, label=f"{name} (ECE {ece:.3f})")
+        used = curve[curve["count"] > 0]
+        ax.plot(
+            used["confidence"], used["accuracy"], marker=marker, color=colour, label=f"{name} (ECE {ece:.3f})"
+        )
+        edges = np.append(curve["low"].to_numpy(), curve["high"].iloc[-1])
+        counts.stairs(curve["count"].to_numpy(), edges, color=colour, linewidth=1.4, label=name)
     ax.set(
         title=f"Reliability diagram (test set, 15 bins{which})",
-        xlabel="confidence (top-class probability)",
         ylabel="accuracy",
         xlim=(0, 1.02),
         ylim=(0, 1.02),
     )
     ax.legend(fontsize="small", loc="upper left")
+    counts.set_yscale("log")
+    counts.set(xlabel="confidence (top-class probability)", ylabel="test images\nper bin (log)")
+    counts.set_ylim(bottom=0.8)
     save_figure(fig, path)
 
 
@@ -239,22 +271,28 @@ def neighbour_grid(
     path: Path,
     *,
     k: int,
+    query_labels: np.ndarray | None = None,
+    class_names: tuple[str, ...] | None = None,
 ) -> None:
-    """Each row: a test image, then its k nearest training images in penultimate-feature space."""
+    """Each row: a test image (its true class above it), then its k nearest training images in
+    penultimate-feature space, each with its label (class names for Fashion-MNIST)."""
     from sklearn.neighbors import NearestNeighbors
 
     nearest = NearestNeighbors(n_neighbors=k).fit(train_features).kneighbors(query_features)[1]  # (Q, k)
+    width = 1.35 if class_names else 1.2
     fig, axes = plt.subplots(
-        len(query_images), k + 1, figsize=((k + 1) * 1.2, len(query_images) * 1.4), squeeze=False
+        len(query_images), k + 1, figsize=((k + 1) * width, len(query_images) * 1.4), squeeze=False
     )
     for q, row in enumerate(axes):
         for ax in row:
             ax.axis("off")
         row[0].imshow(query_images[q], cmap="Reds")
-        row[0].set_title("query", fontsize=8)
+        query = "query" if query_labels is None else f"query: {_name(query_labels[q], class_names)}"
+        row[0].set_title(query, fontsize=8)
         for j, idx in enumerate(nearest[q]):
             row[j + 1].imshow(train_images[idx], cmap="gray_r")
-            row[j + 1].set_title(f"label {train_labels[idx]}", fontsize=8)
+            name = _name(train_labels[idx], class_names)
+            row[j + 1].set_title(name if class_names else f"label {name}", fontsize=8)
     fig.suptitle(f"{k} nearest training images in the 84-d feature space (query in red)")
     save_figure(fig, path)
 
@@ -291,7 +329,7 @@ def write_figures(
     panels = [(f"{label}, hard vote", vote)]
     if repeat.baseline is not None:
         panels.append((repeat.baseline.spec.config.model, predictions["resnet_pred"].to_numpy()))
-    confusion_matrices(labels, panels, folder / "confusion_matrices.png")
+    confusion_matrices(labels, panels, folder / "confusion_matrices.png", class_names=class_names)
     misclassified_grid(
         data.test_images,
         labels,
@@ -299,6 +337,7 @@ def write_figures(
         probas.mean(axis=0)[np.arange(len(vote)), vote],
         folder / "misclassified.png",
         limit=MISCLASSIFIED_SHOWN,
+        class_names=class_names,
     )
     by_model = comparison.set_index("model")
     baseline = None
@@ -351,7 +390,7 @@ def write_figures(
         title=f"t-SNE of 84-d penultimate features ({member.spec.name}, test set)",
         class_names=class_names,
     )
-    hardest = per_class.sort_values("hard_vote_error", ascending=False)["digit"].head(2).tolist()
+    hardest = per_class.sort_values("hard_vote_error", ascending=False)["class"].head(2).tolist()
     examples = [int(np.flatnonzero(labels == d)[0]) for d in hardest]
     feature_maps(
         data.test_images[examples],
@@ -370,4 +409,6 @@ def write_figures(
         data.train_labels,
         folder / "nearest_neighbours.png",
         k=NEIGHBOURS,
+        query_labels=labels[queries],
+        class_names=class_names,
     )

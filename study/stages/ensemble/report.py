@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from lenet_core.names import CLASS_NAMES
 from study.common.report import figure_links as _figures
 from study.common.report import md as _md
 from study.common.report import pct as _pct
@@ -46,14 +45,8 @@ def ensemble_section(results: EnsembleResults, root: Path) -> list[str]:
     )
     per_class = results.per_class
     worst = per_class.sort_values("hard_vote_error", ascending=False).head(2)
-    names = CLASS_NAMES.get(results.run.get("dataset", ""))
     lines.append(
-        "The vote fails most on classes "
-        + " and ".join(
-            f"{int(r.digit)}{f' ({names[int(r.digit)]})' if names else ''}: {_pct(r.hard_vote_error)} error"
-            for r in worst.itertuples()
-        )
-        + "."
+        "The vote fails most on classes " + " and ".join(map(_class_error, worst.to_dict("records"))) + "."
     )
     return [
         *lines,
@@ -71,6 +64,12 @@ def ensemble_section(results: EnsembleResults, root: Path) -> list[str]:
         *_figures(folder, root),
         "",
     ]
+
+
+def _class_error(row: dict) -> str:
+    """ "6 (Shirt): 28.4% error", or "8: 3.1% error" where the name is the digit itself."""
+    label, name = int(row["class"]), str(row["class_name"])
+    return f"{label}{'' if name == str(label) else f' ({name})'}: {_pct(row['hard_vote_error'])} error"
 
 
 def mcnemar_sentences(mcnemar: pd.DataFrame, voting_members: set[str]) -> list[str]:
@@ -190,5 +189,3 @@ def anchor_section(file: dict, results: EnsembleResults) -> list[str]:
         _md(table),
         "",
     ]
-
-

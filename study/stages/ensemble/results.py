@@ -3,7 +3,8 @@ back here and nowhere else.
 
 ``members.{parquet,csv}`` (one row per trained model), ``comparison.{parquet,csv,md}`` (every
 model and vote with its interval), ``comparison_by_repeat.{parquet,csv}``, ``mcnemar.{parquet,
-csv,md}``, ``predictions.parquet`` (per test image, first repeat), ``per_class.{parquet,csv}``,
+csv,md}``, ``predictions.parquet`` (per test image, first repeat), ``per_class.{parquet,csv}`` (class,
+class_name, error of each model),
 ``diversity.json``, ``run.json``, figures, and each trained model's checkpoint under ``members/``.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lenet_core.config import TrialConfig
+from lenet_core.names import CLASS_NAMES
 from study.common.files import read_json, write_json, write_table
 from study.common.results import (
     config_of,
@@ -42,6 +44,24 @@ GROUP_LABELS = {"seed": "seed ensemble", "bagged": "bagged"}
 VOTING_GROUPS = tuple(GROUP_LABELS)  # members of a vote; "baseline" (the ResNet) is not
 # Tables written before the one selection metric was named called it val_acc.
 LEGACY_COLUMNS = {"val_acc": SELECTION_METRIC}
+# per_class tables written before classes were named (Fashion-MNIST) called the label "digit".
+LEGACY_PER_CLASS = {"digit": "class"}
+
+
+def class_name(dataset: str, label: int) -> str:
+    """What a label means: its Fashion-MNIST class name, or the digit itself (MNIST, digits)."""
+    names = CLASS_NAMES.get(dataset)
+    return names[label] if names and 0 <= label < len(names) else str(label)
+
+
+def named_per_class(per_class: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """``per_class`` with the label column called ``class`` and a ``class_name`` beside it, as
+    written now; a table of an older run (``digit``, no names) is brought to that form."""
+    legacy = {old: new for old, new in LEGACY_PER_CLASS.items() if old in per_class and new not in per_class}
+    table = per_class.rename(columns=legacy)
+    if "class_name" not in table and "class" in table:
+        table.insert(1, "class_name", [class_name(dataset, int(c)) for c in table["class"]])
+    return table
 
 
 @dataclass(frozen=True)
@@ -51,7 +71,7 @@ class EnsembleResults:
     comparison_by_repeat: pd.DataFrame
     mcnemar: pd.DataFrame  # exact McNemar tests on the test set, every repeat
     predictions: pd.DataFrame  # per test image (first repeat): label, each vote's prediction
-    per_class: pd.DataFrame  # error by class (first repeat)
+    per_class: pd.DataFrame  # error by class (first repeat): class, class_name, error per model
     diversity: dict[str, Any]  # repeats, members, main group, disagreement, oracle, OOB
     run: dict[str, Any] = field(default_factory=dict)  # run.json: provenance and the plan
     folder: Path | None = field(default=None, compare=False)  # where it was written or read
@@ -104,15 +124,15 @@ class EnsembleResults:
 
         members = table(MEMBERS)
         legacy = {old: new for old, new in LEGACY_COLUMNS.items() if old in members and new not in members}
+        run = read_run_info(folder)
         return cls(
             members=expand_configs(members.rename(columns=legacy)),
             comparison=table(COMPARISON),
             comparison_by_repeat=table(COMPARISON_BY_REPEAT),
             mcnemar=table(MCNEMAR),
             predictions=table(PREDICTIONS),
-            per_class=table(PER_CLASS),
+            per_class=named_per_class(table(PER_CLASS), str(run.get("dataset", ""))),
             diversity=read_json(folder / DIVERSITY_FILE, what="ensemble diversity"),
-            run=read_run_info(folder),
+            run=run,
             folder=folder,
         )
-

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import transforms
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from study.common.files import save_figure
@@ -86,6 +87,7 @@ def _seed_band(ok: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series, pd.
 def _plot_metric(ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: str, *, legend: bool) -> None:
     styles = series_styles()
     ok_values = []
+    failed_ends = []  # (legend entry, point label, colour, [(last epoch, last value) per failed run])
     for label, part in points:
         colour, linestyle = next(styles)
         ok = part[~part["status"].isin(FAILED_STATUSES)]
@@ -122,22 +124,89 @@ def _plot_metric(ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: s
         if len(failed):
             statuses = failed.drop_duplicates("run")["status"].value_counts()
             counted = ", ".join(f"{count} {status}" for status, count in statuses.items())
-            for i, (_, run) in enumerate(failed.groupby("run")):
+            ends = []
+            for _, run in failed.groupby("run"):
                 ax.plot(run["epoch"], run[metric], color=colour, linestyle=":", linewidth=0.8)
-                ax.scatter(
-                    [run["epoch"].iloc[-1]],
-                    [run[metric].iloc[-1]],
-                    marker="x",
-                    s=50,
-                    color=colour,
-                    label=f"{label}: {counted}" if legend and i == 0 else None,  # one entry per point
-                )
+                ends.append((run["epoch"].iloc[-1], run[metric].iloc[-1]))
+            failed_ends.append((f"{label}: {counted}", label, colour, ends))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     if metric in LOG_METRICS:
         ax.set_yscale("log")
     limits = _ok_limits(pd.concat(ok_values), metric) if ok_values else None
     if limits is not None:
-        ax.set_ylim(*limits)  # failed runs beyond it are clipped; their x marks say where they ended
+        ax.set_ylim(*limits)  # failed runs beyond it are clipped; their ends are marked at the edge
+    _mark_failed_ends(ax, failed_ends, metric, limits, legend=legend)
+
+
+OFF_SCALE = "off scale"  # the note's first words, in every panel where a failed run's end is beyond
+
+
+def _mark_failed_ends(
+    ax: plt.Axes,
+    failed_ends: list[tuple[str, str, str, list[tuple[float, float]]]],
+    metric: str,
+    limits: tuple[float, float] | None,
+    *,
+    legend: bool,
+) -> None:
+    """An x where each failed run ended. An end beyond the ok runs' y range (a diverged loss of
+    1e10) or without a finite value is drawn on the top or bottom edge as a triangle pointing out
+    of the axes, and a note in the panel names those points: nothing in the legend is off-axis."""
+    low, high = limits if limits is not None else (-np.inf, np.inf)
+    worse_up = "acc" not in metric  # a failed run's missing value: a loss above, an accuracy below
+    at_edge: dict[tuple[float, bool], int] = {}  # (epoch, top) -> markers already there
+    beyond: dict[bool, list[str]] = {True: [], False: []}
+    for entry, label, colour, ends in failed_ends:
+        inside = [(x, y) for x, y in ends if np.isfinite(y) and low <= y <= high]
+        outside = [(x, y) for x, y in ends if not (np.isfinite(y) and low <= y <= high)]
+        name = entry if legend else None
+        if inside:
+            xs, ys = zip(*inside, strict=True)
+            ax.scatter(xs, ys, marker="x", s=50, color=colour, label=name)
+            name = None  # one legend entry per grid point
+        for top in (True, False):
+            edge = [x for x, y in outside if (y > high if np.isfinite(y) else worse_up) == top]
+            if not edge:
+                continue
+            values = np.array([y for x, y in outside if x in edge and np.isfinite(y)])
+            where = ""
+            if len(values):
+                lo, hi = values.min(), values.max()
+                where = f", ended at {lo:.2g}" + (f" to {hi:.2g}" if hi > lo * 1.05 or hi < lo * 0.95 else "")
+            beyond[top].append(entry.replace(f"{label}: ", f"{label} (") + where + ")")
+            for x in dict.fromkeys(edge):  # runs ending at one epoch share a marker
+                shift = at_edge.get((x, top), 0)
+                at_edge[(x, top)] = shift + 1
+                # grid points ending at one epoch on one edge: stacked into the axes from the edge
+                step = -9 * shift if top else 9 * shift
+                place = transforms.offset_copy(ax.get_xaxis_transform(), ax.figure, y=step, units="points")
+                ax.scatter(
+                    [x],
+                    [1.0 if top else 0.0],
+                    marker="^" if top else "v",
+                    s=60,
+                    color=colour,
+                    edgecolors="black",
+                    linewidths=0.5,
+                    transform=place,
+                    clip_on=False,
+                    zorder=4,
+                    label=name,
+                )
+                name = None
+    for top, entries in beyond.items():
+        if entries:
+            arrow = "▲ above" if top else "▼ below"
+            ax.text(
+                0.99,
+                0.97 if top else 0.03,
+                f"{OFF_SCALE} ({arrow} the axis, marked on its edge):\n" + "\n".join(entries),
+                transform=ax.transAxes,
+                ha="right",
+                va="top" if top else "bottom",
+                fontsize="x-small",
+                bbox={"facecolor": "white", "edgecolor": "lightgrey", "alpha": 0.85},
+            )
 
 
 def facet_field(runs: pd.DataFrame, swept: list[str]) -> str | None:
@@ -226,9 +295,10 @@ def learning_curves(
     save_figure(fig, path)
 
 
+# The verdicts of study.common.stats.compare_conditions against the reference (chosen on validation).
 VERDICT_COLOURS = {
-    "best": "tab:green",
-    "tied": "tab:blue",
+    "reference": "tab:green",
+    "no significant difference": "tab:blue",
     "worse": "tab:grey",
     "better": "tab:purple",
     "n/a": "tab:olive",
@@ -238,7 +308,8 @@ VERDICT_COLOURS = {
 
 def error_bars(summary: pd.DataFrame, swept: list[str], path: Path, *, title: str) -> None:
     """Test error per grid point: mean of ok runs with its 95% t-interval (only where n > 1),
-    coloured by the verdict against the best point (paired over seeds, Holm-corrected)."""
+    coloured by the verdict against the reference point, chosen on validation (paired over seeds,
+    Holm-corrected)."""
     ordered = summary.sort_values("test_error_mean", na_position="last")
     labels = [
         f"{label_of(row, swept)}  (n={int(row['n'])}"
@@ -265,7 +336,7 @@ def error_bars(summary: pd.DataFrame, swept: list[str], path: Path, *, title: st
     ax.legend(
         handles,
         [v for v in VERDICT_COLOURS if v in set(ordered["verdict"])],
-        title="vs best (Holm)",
+        title="vs the reference (Holm)",
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
         fontsize="small",

@@ -20,7 +20,9 @@ from study.stages.ensemble.members import (
     save_member,
     train_member,
 )
+from study.stages.ensemble.results import EnsembleResults
 from study.stages.ensemble.run import EnsemblePlan
+from tests.conftest import PROJECT_ROOT
 
 runner = CliRunner()
 FAST = TrialConfig(dataset="digits", epochs=1, threads=1)
@@ -157,7 +159,8 @@ def test_mcnemar_predictions_and_per_class_tables(small_ensemble, digits):
     bagged = comparison_r0.set_index("model").loc["bagged, hard vote", "test_acc"]
     assert hard_acc == pytest.approx(bagged)
     per_class = pd.read_csv(folder / "per_class.csv")
-    assert list(per_class["digit"]) == list(range(10))
+    assert list(per_class["class"]) == list(range(10))
+    assert list(per_class["class_name"]) == list(range(10))  # the digits' names are the digits
     diversity = json.loads((folder / "diversity.json").read_text())
     bagged_div = diversity["diversity"]["bagged"]
     assert 0 <= bagged_div["mean_pairwise_disagreement"] <= 1
@@ -178,7 +181,6 @@ def test_mcnemar_predictions_and_per_class_tables(small_ensemble, digits):
 
 def test_report_gives_every_repeats_mcnemar_and_a_paired_test_over_repeats(small_ensemble):
     from study.stages.ensemble.report import mcnemar_sentences
-    from study.stages.ensemble.results import EnsembleResults
 
     folder, _, _ = small_ensemble
     results = EnsembleResults.read(folder)
@@ -261,3 +263,32 @@ def test_resnet_baseline_row_and_its_tests(tmp_path):
     # --resnet-epochs caps the ResNet alone; every row says its cap and the epochs it ran
     assert members.loc["r0_resnet18", "max_epochs"] == members.loc["r0_resnet18", "epochs_run"] == 1
     assert set(members.loc[members["model"] == "lenet5", "max_epochs"]) == {2}
+
+
+@pytest.mark.parametrize(
+    ("name", "first", "sentence"),
+    [
+        ("fashion", "T-shirt/top", "The vote fails most on classes 6 (Shirt): 28.40% error and 4 (Coat)"),
+        ("ensemble", "0", "The vote fails most on classes "),
+    ],
+)
+def test_a_legacy_per_class_table_reads_back_with_named_classes(tmp_path, name, first, sentence):
+    """Committed runs wrote the label as ``digit``: read back, it is ``class`` with ``class_name``
+    beside it (Fashion-MNIST's names; MNIST's digits), it writes in that form, and the report names
+    the worst classes from it."""
+    from study.stages.ensemble.report import ensemble_section
+
+    folder = PROJECT_ROOT / "results" / name / "ensemble"
+    assert "digit" in pd.read_parquet(folder / "per_class.parquet").columns  # the legacy form
+    results = EnsembleResults.read(folder)
+    per_class = results.per_class
+    assert list(per_class.columns[:2]) == ["class", "class_name"] and "digit" not in per_class
+    assert per_class["class_name"].iloc[0] == first
+    results.write_tables(tmp_path)
+    again = EnsembleResults.read(tmp_path)  # no run.json here: the names come from the table
+    pd.testing.assert_frame_equal(again.per_class, per_class)
+    text = "\n".join(ensemble_section(results, folder.parent))
+    assert sentence in text
+    if name == "ensemble":  # a digit is not named twice ("3 (3)")
+        worst = per_class.sort_values("hard_vote_error", ascending=False)["class"].iloc[0]
+        assert f"classes {worst}: " in text

@@ -1,13 +1,18 @@
-"""study.stages.sweep.figures: panels that stay readable, bands that stay positive on log axes."""
+"""study.stages.sweep.figures: panels that stay readable, bands that stay positive on log axes, and
+nothing in a legend off the axes (failed runs beyond the y range marked on its edge and named)."""
 
 from __future__ import annotations
 
 import itertools
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.collections import PathCollection
+from matplotlib.lines import Line2D
 from PIL import Image
 
+import study.stages.sweep.figures as figures
 from study.stages.sweep.figures import _seed_band, curves, facet_field, learning_curves
 
 
@@ -70,3 +75,79 @@ def test_learning_curves_give_each_value_of_the_split_field_a_row(tmp_path):
     split, grid = (Image.open(tmp_path / name) for name in ("rows.png", "grid.png"))
     assert split.width > grid.width  # four metrics side by side, against a 2x2 grid
     assert split.height > grid.height  # three rows of 3.2 inches, against 8 inches
+
+
+def diverging_sweep() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The learning-rates sweep's shape: lr=10 and 1 diverge after one epoch (training loss 1e10
+    and 1e5, far above the ok runs), lr=0.1 collapses to chance accuracy, lr=1e-3 learns."""
+    runs = grid_runs(lr=[10.0, 1.0, 0.1, 1e-3], seed=[0, 1])
+    runs["run"] = range(len(runs))
+    runs["status"] = runs["lr"].map({10.0: "diverged", 1.0: "diverged", 0.1: "collapsed", 1e-3: "completed"})
+    rows = []
+    for run in runs.itertuples():
+        if run.status == "diverged":
+            loss = 1e10 if run.lr == 10 else 1e5
+            rows.append({"run": run.run, "epoch": 1, "train_loss": loss, "val_loss": 2.5, "val_acc": 0.1})
+            continue
+        for epoch in (1, 2, 3):
+            if run.status == "collapsed":
+                metrics = {"train_loss": 9.0 / epoch, "val_loss": 2.3, "val_acc": 0.1}
+            else:
+                metrics = {"train_loss": 0.5 / epoch, "val_loss": 0.4 / epoch, "val_acc": 0.8 + 0.05 * epoch}
+            rows.append({"run": run.run, "epoch": epoch, **metrics})
+    epochs = pd.DataFrame(rows)
+    epochs["train_acc"] = epochs["val_acc"]
+    return runs, epochs
+
+
+def drawn_inside(ax, artist) -> bool:
+    """Whether some point of a line or scatter is drawn inside the axes (its edges included)."""
+    if isinstance(artist, Line2D):
+        points = artist.get_transform().transform(artist.get_xydata())
+    else:
+        points = artist.get_offset_transform().transform(artist.get_offsets())
+    box = ax.bbox
+    return bool(
+        (
+            np.isfinite(points).all(axis=1)
+            & (points[:, 0] >= box.x0 - 1)
+            & (points[:, 0] <= box.x1 + 1)
+            & (points[:, 1] >= box.y0 - 1)
+            & (points[:, 1] <= box.y1 + 1)
+        ).any()
+    )
+
+
+def assert_nothing_off_axis(ax) -> None:
+    """Every legend entry has an artist drawn inside the axes, or the panel's off-scale note names
+    it; every failed run's end marker is inside the axes (on an edge when beyond the y range)."""
+    notes = " ".join(text.get_text() for text in ax.texts)
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+        point = label.split(":")[0].split(" (")[0]  # "lr=10: 2 diverged" -> "lr=10"
+        assert drawn_inside(ax, handle) or ("off scale" in notes and f"{point} (" in notes), label
+    for collection in ax.collections:
+        if isinstance(collection, PathCollection):
+            assert drawn_inside(ax, collection), collection.get_label()
+
+
+def test_diverged_runs_beyond_the_axis_are_marked_on_its_edge_and_named(monkeypatch, tmp_path):
+    runs, epochs = diverging_sweep()
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
+    curves(runs, epochs, ["lr"], "train_loss", tmp_path / "loss.png", title="t")
+    learning_curves(runs, epochs, ["lr"], tmp_path / "curves.png", title="t")
+    for fig in drawn:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            assert_nothing_off_axis(ax)
+            assert all(tick == int(tick) for tick in ax.get_xticks())  # epochs are whole
+    loss = drawn[0].axes[0]
+    labels = loss.get_legend_handles_labels()[1]
+    assert {"lr=10: 2 diverged", "lr=1: 2 diverged", "lr=0.1: 2 collapsed"} <= set(labels)
+    [note] = [t.get_text() for t in loss.texts]
+    assert note.startswith("off scale (▲ above")
+    assert "lr=10 (2 diverged, ended at 1e+10)" in note and "lr=1 (2 diverged, ended at 1e+05)" in note
+    accuracy = drawn[1].axes[3]  # validation accuracy: collapsed runs at 0.1, below the ok runs
+    assert "lr=0.1 (2 collapsed" in " ".join(t.get_text() for t in accuracy.texts)
+    for fig in drawn:
+        plt.close(fig)
