@@ -28,7 +28,7 @@ from lenet_core.names import (
 )
 
 # Choices of the schedule and precision fields (torch-free, like names.py).
-LR_SCHEDULES = ("constant", "step", "cosine")
+LR_SCHEDULES = ("constant", "step", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # The optimizers whose PyTorch constructors take a momentum argument.
 MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")
@@ -77,19 +77,46 @@ class TrialConfig:
     # --- optimization
     optimizer: str = field(default="adam", metadata=_opt("Optimizer.", OPTIMIZERS))
     lr: float = field(
-        default=1e-3, metadata=_opt("Learning rate (> 0); the first epoch's, under a schedule.")
+        default=1e-3,
+        metadata=_opt(
+            "Learning rate (> 0): the peak of a schedule. constant, step and cosine start at it once "
+            "any warm-up is over; onecycle rises to it and anneals from it."
+        ),
     )
     lr_schedule: str = field(
         default="constant",
         metadata=_opt(
-            "Learning-rate schedule, stepped once per epoch: step multiplies the lr by --lr-gamma "
-            "every epoch; cosine anneals it to 0 over --epochs.",
+            "Learning-rate schedule over the run's budget (--epochs), stepped once per epoch, so "
+            "each epoch trains at one lr (the lr column of the history). After --warmup-epochs W, "
+            "with t = epoch - W - 1 and T = epochs - W: step trains at lr * lr_gamma**(t // "
+            "lr_step_size); cosine at lr * (1 + cos(pi t / T)) / 2, annealed over the epochs to the "
+            "cap (its 0 falls one epoch after it); onecycle is torch's OneCycleLR over epochs + 1 "
+            "steps (from lr/25 up to lr at 30% of them, then cosine down towards lr/2.5e5, which "
+            "also falls one epoch after the cap; momentum not cycled; no warm-up: it has its own).",
             LR_SCHEDULES,
         ),
     )
     lr_gamma: float = field(
-        default=0.7,
-        metadata=_opt("Factor applied to the lr after every epoch by --lr-schedule step, in (0, 1]."),
+        default=0.1,
+        metadata=_opt(
+            "Factor applied to the lr at each decay of --lr-schedule step, in (0, 1]; 0.1, the usual "
+            "step decay, leaves the last third of the default schedule at 1% of lr."
+        ),
+    )
+    lr_step_size: int | None = field(
+        default=None,
+        metadata=_opt(
+            "Epochs between two decays of --lr-schedule step (>= 1). Default: a third of the "
+            "scheduled epochs, ceil((epochs - warmup_epochs) / 3), so the lr decays twice in any run "
+            "of 5 or more scheduled epochs (and of 3), whatever the budget."
+        ),
+    )
+    warmup_epochs: int = field(
+        default=0,
+        metadata=_opt(
+            "Linear warm-up before the schedule: epoch e <= W trains at lr * e / (W + 1); "
+            "0 = none; must be < --epochs; not with onecycle."
+        ),
     )
     batch_size: int = field(default=32, metadata=_opt("Training batch size (images per step)."))
     epochs: int = field(
@@ -109,6 +136,13 @@ class TrialConfig:
     momentum: float | None = field(
         default=None,
         metadata=_opt("Momentum for sgd and rmsprop only, in [0, 1). Default: PyTorch's (0)."),
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata=_opt(
+            "Label smoothing of the training loss, in [0, 1): targets put 1 - s + s/10 on the class "
+            "and s/10 on each other. Validation and test losses stay plain cross-entropy."
+        ),
     )
     test_every_epoch: bool = field(
         default=False,
@@ -142,6 +176,19 @@ class TrialConfig:
         _check_range("batch_size", self.batch_size, low=1)
         _check_range("epochs", self.epochs, low=1)
         _check_range("lr_gamma", self.lr_gamma, low=0.0, high=1.0, low_open=True)
+        if self.lr_step_size is not None:
+            _check_range("lr_step_size", self.lr_step_size, low=1)
+        _check_range("warmup_epochs", self.warmup_epochs, low=0)
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(
+                f"warmup_epochs must be < epochs ({self.epochs}), got {self.warmup_epochs}: "
+                "the run would never reach its lr"
+            )
+        if self.warmup_epochs and self.lr_schedule == "onecycle":
+            raise ConfigError(
+                "warmup_epochs does not combine with lr_schedule 'onecycle', which warms up itself"
+            )
+        _check_range("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
         _check_range("patience", self.patience, low=0)
         if self.weight_decay is not None:
             _check_range("weight_decay", self.weight_decay, low=0.0)
@@ -176,6 +223,17 @@ class TrialConfig:
 
     def replace(self, **changes: Any) -> TrialConfig:
         return from_dict({**self.to_dict(), **changes})
+
+    def scheduled_epochs(self) -> int:
+        """The epochs the lr schedule spans: those after the warm-up."""
+        return self.epochs - self.warmup_epochs
+
+    def step_size(self) -> int:
+        """Epochs between two decays of the step schedule: ``lr_step_size``, else a third of the
+        scheduled epochs (rounded up), so the lr decays twice per run whatever the budget."""
+        if self.lr_step_size is not None:
+            return self.lr_step_size
+        return max(1, math.ceil(self.scheduled_epochs() / 3))
 
     def model_options(self) -> dict[str, Any]:
         return {"variant": self.variant, "activation": self.activation, "pooling": self.pooling}

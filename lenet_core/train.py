@@ -196,16 +196,51 @@ def make_optimizer(config: TrialConfig, params: Any) -> torch.optim.Optimizer:
     return OPTIMIZER_CLASSES[config.optimizer](params, **options)
 
 
+# onecycle: torch's OneCycleLR with its default shape, stepped once per epoch over epochs + 1 steps:
+# like cosine's 0, its floor (lr / 2.5e5) falls on the epoch after the cap, so every epoch trains.
+# Momentum (or Adam's beta1) is not cycled: that would give SGD without momentum a momentum of
+# 0.85-0.95, a second change hidden inside the schedule.
+ONECYCLE = {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4, "anneal_strategy": "cos"}
+
+
+def lr_factor(config: TrialConfig, epoch: int) -> float:
+    """The multiple of ``config.lr`` that epoch ``epoch`` (from 1) trains at, for every schedule
+    but onecycle (torch's OneCycleLR, see ``make_scheduler``).
+
+    Warm-up W = ``warmup_epochs``: epoch e <= W trains at e / (W + 1). After it, with
+    t = e - W - 1 and T = epochs - W (the scheduled epochs): constant 1; step
+    ``lr_gamma ** (t // step_size)`` (step_size: ``lr_step_size``, default ceil(T / 3));
+    cosine (1 + cos(pi t / T)) / 2, which would reach 0 one epoch after the cap.
+    """
+    warmup = config.warmup_epochs
+    if epoch <= warmup:
+        return epoch / (warmup + 1)
+    t, scheduled = epoch - warmup - 1, config.scheduled_epochs()
+    if config.lr_schedule == "step":
+        return config.lr_gamma ** (t // config.step_size())
+    if config.lr_schedule == "cosine":
+        return (1 + math.cos(math.pi * t / scheduled)) / 2
+    return 1.0
+
+
 def make_scheduler(
     config: TrialConfig, optimizer: torch.optim.Optimizer
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The per-epoch lr schedule: epoch e (from 1) trains at lr * gamma**(e-1) (step, as in the
-    PyTorch MNIST example) or lr * (1 + cos(pi (e-1) / epochs)) / 2 (cosine); None if constant."""
-    if config.lr_schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
-    if config.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    return None
+    """The lr schedule over the run's budget, stepped once per epoch (after it); None when the lr
+    never changes (constant, no warm-up).
+
+    Every schedule is defined over ``config.epochs``, the cap, whatever stops the run sooner
+    (patience, ASHA): epoch e trains at ``lr * lr_factor(config, e)``, or, for onecycle, at
+    torch's OneCycleLR(max_lr=lr, total_steps=epochs + 1) value at step e - 1 (ONECYCLE settings):
+    up from lr/25 to lr over the first 30% of the steps, then cosine down towards lr/2.5e5.
+    """
+    if config.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=config.epochs + 1, cycle_momentum=False, **ONECYCLE
+        )
+    if config.lr_schedule == "constant" and not config.warmup_epochs:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda index: lr_factor(config, index + 1))
 
 
 def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
@@ -448,7 +483,8 @@ def train_one_epoch(
         y = labels.index_select(0, idx)
         with autocast:
             logits = model(x)  # (B, 10), bf16/fp16 under autocast
-            loss = F.cross_entropy(logits, y)  # autocast computes cross-entropy in fp32
+            # autocast computes cross-entropy in fp32; smoothing shapes the training loss only
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         if scaler is None:
             loss.backward()

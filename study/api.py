@@ -71,6 +71,8 @@ def tune(
     config: TrialConfig | Mapping[str, Any] | None = None,
     trials: int = 20,
     scheduler: str = "asha",
+    grace_period: int | None = None,
+    reduction_factor: float | None = None,
     time_budget_s: float | None = None,
     data: ImageData | None = None,
     out: str | Path = "results",
@@ -85,11 +87,26 @@ def tune(
     ``fixed`` holds TrialConfig fields fixed for every trial (a searched one leaves the search);
     ``space`` replaces the default space (a ``SearchSpace`` or a TOML file); ``config`` fills the
     fields that are not searched (e.g. a best.json's config). ``data`` skips loading the dataset.
+    ASHA lets every trial train ``grace_period`` epochs (default 3, clipped to the epoch cap)
+    before it may stop it, then keeps the top 1/``reduction_factor`` (default 3) at each rung.
     """
     from study.stages.tune.run import TuneSettings, run_study
-    from study.stages.tune.space import SearchSpace, default_space, load_space, split_base_and_space
+    from study.stages.tune.space import (
+        GRACE_PERIOD,
+        REDUCTION_FACTOR,
+        SearchSpace,
+        default_space,
+        load_space,
+        split_base_and_space,
+    )
 
-    settings = TuneSettings(trials=trials, scheduler=scheduler, time_budget_s=time_budget_s)
+    settings = TuneSettings(
+        trials=trials,
+        scheduler=scheduler,
+        time_budget_s=time_budget_s,
+        grace_period=GRACE_PERIOD if grace_period is None else grace_period,
+        reduction_factor=REDUCTION_FACTOR if reduction_factor is None else reduction_factor,
+    )
     searched = (
         space if isinstance(space, SearchSpace) else (load_space(Path(space)) if space else default_space())
     )

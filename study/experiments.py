@@ -52,13 +52,18 @@ Data-fraction (``kind = "data-fraction"``): ``fractions`` of the training split,
 At fraction 1 both budgets are the same runs, trained once and counted in both views. The
 summary compares the fractions within each budget.
 
-Tune, then ensemble (``kind = "tune-ensemble"``): the tune keys (``trials``, ``[space]``,
-``[fixed]``) and the ensemble keys (``members``, ``repeats``, ``resample``, ``resnet``,
-``resnet_precision``, ``resnet_epochs``) in one file. The study runs first (OUT/NAME/tune); its
-best completed trial by validation accuracy (``tune/best.json``) is the config of every ensemble
-member (OUT/NAME/ensemble), as ``study ensemble --from OUT/NAME`` would. ``--resume`` skips a study that
-already ended and reuses the members already trained. Published numbers to place the results
-among, in the report's table::
+Tune (``kind = "tune"``): ``trials``, ``[space]`` and ``[fixed]`` as in a space file, and ASHA's
+``grace_period`` (epochs every trial trains before it may be stopped, default 3, clipped to the
+epochs) and ``reduction_factor`` (only the top 1/F at each rung continue, default 3), as
+``study tune --grace-period/--reduction-factor``.
+
+Tune, then ensemble (``kind = "tune-ensemble"``): the tune keys (``trials``, ``grace_period``,
+``reduction_factor``, ``[space]``, ``[fixed]``) and the ensemble keys (``members``, ``repeats``,
+``resample``, ``resnet``, ``resnet_precision``, ``resnet_epochs``) in one file. The study runs
+first (OUT/NAME/tune); its best completed trial by validation accuracy (``tune/best.json``) is
+the config of every ensemble member (OUT/NAME/ensemble), as ``study ensemble --from OUT/NAME``
+would. ``--resume`` skips a study that already ended and reuses the members already trained.
+Published numbers to place the results among, in the report's table::
 
     anchor_source = "zalandoresearch/fashion-mnist README, benchmark table"
     [[anchor]]
@@ -70,6 +75,7 @@ among, in the report's table::
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -78,6 +84,7 @@ from lenet_core.config import FIELD_NAMES, TrialConfig, from_dict
 from lenet_core.errors import ConfigError, StudyError
 from study.common.context import RunContext
 from study.stages.sweep.plan import Planned, SweepPlan
+from study.stages.tune.space import GRACE_PERIOD, REDUCTION_FACTOR
 
 KINDS = ("sweep", "data-fraction", "tune", "ensemble", "tune-ensemble")
 CURVES = ("train_loss", "val_loss", "val_acc", "train_acc", "test_error", "test_acc")
@@ -94,7 +101,7 @@ KEYS = {
         "reference",
     },
     "data-fraction": {"kind", "description", "seeds", "fixed", "fractions", "equal_steps"},
-    "tune": {"kind", "description", "trials", "fixed", "space"},
+    "tune": {"kind", "description", "trials", "grace_period", "reduction_factor", "fixed", "space"},
     "ensemble": {
         "kind",
         "description",
@@ -134,6 +141,8 @@ class Experiment:
     fractions: list[float] = field(default_factory=list)
     equal_steps: bool = True
     trials: int = 20
+    grace_period: int = GRACE_PERIOD  # ASHA: epochs before a trial may be stopped (clipped to epochs)
+    reduction_factor: float = REDUCTION_FACTOR  # ASHA: the top 1/F at a rung continue
     space: dict[str, Any] = field(default_factory=dict)
     members: int = 5
     repeats: int = 1
@@ -446,6 +455,8 @@ def _check_types(values: dict[str, Any], where: str) -> None:
         "fractions": list,
         "equal_steps": bool,
         "trials": int,
+        "grace_period": int,
+        "reduction_factor": float,
         "space": dict,
         "members": int,
         "repeats": int,
@@ -458,10 +469,16 @@ def _check_types(values: dict[str, Any], where: str) -> None:
     }
     for key, value in values.items():
         kind = expected[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = values[key] = float(value)  # TOML's 3 for 3.0
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise ConfigError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
         if kind is int and value < 1:
             raise ConfigError(f"{where}: {key} must be >= 1, got {value}")
+        if key == "reduction_factor" and not (math.isfinite(value) and value > 1):
+            raise ConfigError(
+                f"{where}: reduction_factor must be > 1 (the top 1/F of a rung continue), got {value}"
+            )
 
 
 def execute(experiment: Experiment, *, context: RunContext) -> Path:
@@ -496,7 +513,12 @@ def _run_tune(experiment: Experiment, context: RunContext) -> None:
 
     space = parse_space({"space": experiment.space, "fixed": {}}, source=f"{experiment.name}.toml")
     base, space = split_base_and_space(space, {}, experiment.fixed)
-    run_study(base=base, space=space, settings=TuneSettings(trials=experiment.trials), context=context)
+    settings = TuneSettings(
+        trials=experiment.trials,
+        grace_period=experiment.grace_period,
+        reduction_factor=experiment.reduction_factor,
+    )
+    run_study(base=base, space=space, settings=settings, context=context)
 
 
 def _run_tune_then_ensemble(experiment: Experiment, context: RunContext) -> None:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 MAX_ROTATION_DEGREES = 15.0
 BLUR_KERNEL = 5  # pixels, square
 BLUR_SIGMA_RANGE = (0.1, 1.5)  # pixels; sampled once per batch
+MAX_SHIFT = 2  # pixels: shift translates each image by up to this much on each axis
+CROP_PADDING = 2  # pixels of zeros around each image before crop cuts a window of its size
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -75,6 +77,37 @@ def _random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(chosen, x.flip(-1), x)
 
 
+def translate(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *, pad: int) -> torch.Tensor:
+    """Each image of a (B, C, H, W) batch cut from its zero-padded copy at its own window offset.
+
+    ``rows``/``cols`` (B,) integers in [0, 2 pad] are the top-left corners of the H x W windows in
+    the (H + 2 pad) x (W + 2 pad) padded images: offset ``pad`` leaves an image as it is, and
+    offset ``pad - d`` moves its content d pixels down (or right). One gather for the whole batch;
+    pixels are only moved or zeroed, never mixed.
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))  # zeros: the background of every dataset here
+    rows = rows.to(x.device).view(b, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = cols.to(x.device).view(b, 1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, 1, w)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, channel, rows, cols]
+
+
+def _random_shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # One integer translation per image, each axis uniform in [-2, 2] pixels; zeros fill what
+    # moves in, and what moves out of the 28 x 28 frame is lost.
+    shifts = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (2, x.shape[0]), generator=generator)
+    return translate(x, MAX_SHIFT - shifts[0], MAX_SHIFT - shifts[1], pad=MAX_SHIFT)
+
+
+def _random_crop(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # torchvision's RandomCrop(28, padding=2) per image: pad with 2 zero pixels on every side,
+    # then cut a 28 x 28 window at a corner uniform in [0, 4] x [0, 4].
+    corners = torch.randint(0, 2 * CROP_PADDING + 1, (2, x.shape[0]), generator=generator)
+    return translate(x, corners[0], corners[1], pad=CROP_PADDING)
+
+
 # The steps of each name in names.AUGMENTATIONS, applied in order ("both" = rotate, then blur).
 AUGMENTATION_STEPS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], torch.Tensor], ...]] = {
     "none": (),
@@ -82,4 +115,6 @@ AUGMENTATION_STEPS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], to
     "rotate": (_random_rotation,),
     "both": (_random_rotation, _random_blur),
     "flip": (_random_flip,),
+    "shift": (_random_shift,),
+    "crop": (_random_crop,),
 }

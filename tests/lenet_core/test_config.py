@@ -19,7 +19,23 @@ def test_defaults_leave_optimizer_hyperparameters_to_pytorch_and_pick_the_device
     config = TrialConfig()
     assert (config.momentum, config.weight_decay) == (None, None)
     assert (config.device, config.precision, config.lr_schedule) == ("auto", "fp32", "constant")
-    assert (config.split_seed, config.patience, config.lr_gamma) == (0, 0, 0.7)
+    assert (config.split_seed, config.patience) == (0, 0)
+
+
+def test_schedule_and_regularization_defaults_are_budget_relative_or_off():
+    config = TrialConfig()
+    assert (config.lr_gamma, config.lr_step_size, config.warmup_epochs, config.label_smoothing) == (
+        0.1,
+        None,
+        0,
+        0.0,
+    )
+    # step decays every third of the scheduled epochs (rounded up): twice per run at any cap
+    assert [TrialConfig(epochs=e).step_size() for e in (1, 3, 5, 6, 10, 20, 50)] == [1, 1, 2, 2, 4, 7, 17]
+    assert TrialConfig(epochs=20, warmup_epochs=2).step_size() == 6  # thirds of the 18 after warm-up
+    assert TrialConfig(epochs=20, lr_step_size=5).step_size() == 5
+    # a budget-relative default stays relative: a config replayed with another cap rescales it
+    assert TrialConfig(epochs=20).replace(epochs=9).step_size() == 3
 
 
 # Library errors name TrialConfig's fields as a Python caller spells them, never a CLI flag; the
@@ -42,7 +58,17 @@ INVALID_VALUES = [
     ({"split_seed": -1}, "^split_seed must be >= 0"),
     ({"threads": -1}, "^threads must be >= 0"),
     ({"seed": -1}, "^seed must be >= 0"),
-    ({"lr_schedule": "linear"}, "constant, step, cosine"),
+    ({"lr_schedule": "linear"}, "constant, step, cosine, onecycle"),
+    ({"lr_step_size": 0}, "^lr_step_size must be >= 1, got 0$"),
+    ({"warmup_epochs": -1}, "^warmup_epochs must be >= 0, got -1$"),
+    ({"warmup_epochs": 10, "epochs": 10}, r"^warmup_epochs must be < epochs \(10\), got 10"),
+    (
+        {"warmup_epochs": 1, "lr_schedule": "onecycle"},
+        "^warmup_epochs does not combine with lr_schedule 'onecycle'",
+    ),
+    ({"label_smoothing": 1.0}, r"^label_smoothing must be in \[0, 1\), got 1.0$"),
+    ({"label_smoothing": -0.1}, r"^label_smoothing must be in \[0, 1\)"),
+    ({"augment": "translate"}, "none, blur, rotate, both, flip, shift, crop"),
     ({"lr_gamma": 0.0}, r"^lr_gamma must be in \(0, 1\]"),
     ({"lr_gamma": 1.5}, "^lr_gamma must be in"),
     ({"patience": -1}, "^patience must be >= 0"),
@@ -88,6 +114,13 @@ def test_config_round_trips_through_dict():
         optimizer="sgd", momentum=0.5, lr_schedule="cosine", patience=3, precision="bf16", split_seed=4
     )
     assert from_dict(scheduled.to_dict()) == scheduled
+    regularized = TrialConfig(
+        lr_schedule="step", lr_step_size=3, warmup_epochs=2, label_smoothing=0.1, augment="crop"
+    )
+    assert from_dict(regularized.to_dict()) == regularized
+    # a config saved before these fields existed loads with them off
+    old = {k: v for k, v in TrialConfig().to_dict().items() if k not in ("lr_step_size", "warmup_epochs")}
+    assert from_dict({k: v for k, v in old.items() if k != "label_smoothing"}) == TrialConfig()
     assert scheduled.replace(momentum=None, optimizer="adam").momentum is None
 
 
@@ -96,7 +129,7 @@ def test_every_field_carries_help_for_its_cli_flag():
     assert set(FIELD_NAMES) == set(fields)
     for name, f in fields.items():
         assert f.metadata["help"].strip(), name
-    assert fields["lr_schedule"].metadata["choices"] == ("constant", "step", "cosine")
+    assert fields["lr_schedule"].metadata["choices"] == ("constant", "step", "cosine", "onecycle")
     assert fields["precision"].metadata["choices"] == ("fp32", "bf16", "fp16")
     assert (
         "split" in fields["split_seed"].metadata["help"] and "--seed" in fields["split_seed"].metadata["help"]

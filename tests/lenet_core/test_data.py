@@ -331,6 +331,88 @@ def test_both_is_rotation_then_blur_from_one_generator(digits):
     assert torch.equal(both, augment_batch(rotated, kind="blur", generator=generator))
 
 
+def _shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(C, H, W) moved dy pixels down and dx right, zeros filling what moves in (slicing, the
+    plainest way to write it: an independent reference for the batched gather)."""
+    out = torch.zeros_like(image)
+    h, w = image.shape[-2:]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        ..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
+    return out
+
+
+def _offsets(x: torch.Tensor, out: torch.Tensor) -> list[tuple[int, int]]:
+    """The translation of each image; fails unless every output image is its input, translated by
+    at most 2 pixels on each axis with zero fill (no pixel value made, mixed or scaled)."""
+    offsets = []
+    for i in range(len(x)):
+        found = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(out[i], _shifted(x[i], dy, dx))
+        ]
+        assert len(found) == 1, f"image {i} is not a translation by at most 2 pixels"
+        offsets.append(found[0])
+    return offsets
+
+
+def _framed_batch(n: int, seed: int) -> torch.Tensor:
+    """Random images in [0, 1] whose content sits inside a 2-pixel zero frame, like a centred digit:
+    no translation of up to 2 pixels loses any of it."""
+    x = torch.zeros(n, 1, 28, 28)
+    content = torch.rand(n, 1, 24, 24, generator=torch.Generator().manual_seed(seed))
+    x[:, :, 2:-2, 2:-2] = content * 0.99 + 0.01  # in (0, 1]: no content pixel is background
+    return x
+
+
+@pytest.mark.parametrize("kind", ["shift", "crop"])
+def test_shift_and_crop_translate_each_image_by_up_to_2_pixels_with_zero_fill(kind):
+    x = _framed_batch(200, seed=4)
+    before = x.clone()
+    out = augment_batch(x, kind=kind, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, before)  # the input batch is not written
+    assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+    assert out.min() >= 0 and out.max() <= 1
+    offsets = _offsets(x, out)
+    # the content moved whole: each image keeps every pixel value (so its sum, and its class)
+    assert torch.equal(out.flatten(1).sort(dim=1).values, x.flatten(1).sort(dim=1).values)
+    torch.testing.assert_close(out.double().sum(dim=(1, 2, 3)), x.double().sum(dim=(1, 2, 3)))
+    # one translation per image, over all 25 offsets, each axis uniform in [-2, 2]
+    assert len(set(offsets)) == 25
+    for axis in range(2):
+        counts = np.bincount([o[axis] + 2 for o in offsets], minlength=5)
+        assert counts.min() >= 20, counts  # 40 expected per value
+    # seeded by the run's generator alone: the same seed, the same translations
+    again = augment_batch(x, kind=kind, generator=torch.Generator().manual_seed(0))
+    other = augment_batch(x, kind=kind, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again) and not torch.equal(out, other)
+
+
+@pytest.mark.parametrize("kind", ["shift", "crop"])
+def test_shift_and_crop_lose_only_what_leaves_the_frame(kind, digits):
+    # Real upscaled digits touch the border: a translation drops the rows and columns that leave
+    # the 28 x 28 frame and nothing else. An image of one value everywhere shows what is zero-filled.
+    x = torch.from_numpy(digits.train_images[:32].copy()).unsqueeze(1).float() / 255
+    out = augment_batch(x, kind=kind, generator=torch.Generator().manual_seed(5))
+    for (dy, dx), image, moved in zip(_offsets(x, out), x, out, strict=True):
+        kept = _shifted(torch.ones_like(image), dy, dx)  # 1 where content landed, 0 where zeros came in
+        assert torch.equal(moved * (1 - kept), torch.zeros_like(moved))
+        assert moved.sum() <= image.sum() + 1e-4
+    ones = torch.ones(8, 1, 28, 28)
+    filled = augment_batch(ones, kind=kind, generator=torch.Generator().manual_seed(2))
+    for (dy, dx), moved in zip(_offsets(ones, filled), filled, strict=True):
+        assert moved.sum() == (28 - abs(dy)) * (28 - abs(dx))
+
+
+def test_shift_and_crop_keep_the_batch_on_its_device_and_format():
+    x = _framed_batch(4, seed=1).contiguous(memory_format=torch.channels_last)
+    for kind in ("shift", "crop"):
+        out = augment_batch(x, kind=kind, generator=torch.Generator().manual_seed(0))
+        assert out.shape == (4, 1, 28, 28) and out.dtype == torch.float32 and out.device == x.device
+
+
 # ----------------------------------------------------------------- decoded-array cache
 
 

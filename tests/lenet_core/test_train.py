@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import lenet_core.train as train_module
 from lenet_core.config import TrialConfig
@@ -19,6 +20,7 @@ from lenet_core.train import (
     load_trial_model,
     majority_fraction,
     make_optimizer,
+    make_scheduler,
     model_features,
     predict_logits,
     predict_proba,
@@ -205,25 +207,145 @@ def test_every_optimizer_trains(digits, optimizer):
     assert result.status in ("completed", "collapsed", "diverged") and result.epochs_run == 1
 
 
-@pytest.mark.parametrize(
-    ("schedule", "expected"),
-    [
-        ("step", lambda e, epochs: 0.05 * 0.5 ** (e - 1)),
-        ("cosine", lambda e, epochs: 0.05 * 0.5 * (1 + math.cos(math.pi * (e - 1) / epochs))),
-    ],
-)
-def test_the_lr_schedule_sets_each_epochs_lr(digits, schedule, expected):
-    epochs = 4
+def scheduled_lrs(config: TrialConfig) -> list[float]:
+    """The lr of each epoch as train_trial drives the schedule (after every epoch but the last),
+    without training: a model-free optimizer and the same make_scheduler."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    scheduler = make_scheduler(config, optimizer)
+    lrs = []
+    for _ in range(config.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    return lrs
+
+
+def onecycle_lr(lr: float, epochs: int, epoch: int) -> float:
+    """torch's OneCycleLR, written out: epochs + 1 steps, 30% rising from lr/25 to lr, then cosine
+    down to lr/25/1e4 at the last step (the epoch after the cap); epoch e trains at step e - 1."""
+    steps, step = epochs + 1, epoch - 1
+    start, low = lr / 25, lr / 25 / 1e4
+    peak = 0.3 * steps - 1  # the step at the top of the cycle
+
+    def cos_from(a: float, b: float, pct: float) -> float:
+        return b + (a - b) / 2 * (1 + math.cos(math.pi * pct))
+
+    if step <= peak:
+        return cos_from(start, lr, step / peak)
+    return cos_from(lr, low, (step - peak) / (steps - 1 - peak))
+
+
+# (lr_schedule, epochs, warmup_epochs, lr_step_size, lr_gamma) -> each epoch's lr / config.lr, written out
+SCHEDULES = [
+    ("constant", 4, 0, None, 0.1, [1, 1, 1, 1]),
+    ("constant", 5, 2, None, 0.1, [1 / 3, 2 / 3, 1, 1, 1]),
+    # step: a decay every ceil(scheduled / 3) epochs: twice per run
+    ("step", 6, 0, None, 0.5, [1, 1, 0.5, 0.5, 0.25, 0.25]),
+    ("step", 9, 0, None, 0.1, [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01]),
+    ("step", 7, 0, 2, 0.5, [1, 1, 0.5, 0.5, 0.25, 0.25, 0.125]),  # an explicit step size
+    ("step", 7, 1, None, 0.5, [0.5, 1, 1, 0.5, 0.5, 0.25, 0.25]),  # warm-up, then thirds of 6
+    ("step", 3, 0, None, 0.5, [1, 0.5, 0.25]),
+    # cosine over the scheduled epochs T: (1 + cos(pi t / T)) / 2, t = 0 .. T - 1
+    ("cosine", 4, 0, None, 0.1, [(1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]),
+    ("cosine", 6, 2, None, 0.1, [1 / 3, 2 / 3, *((1 + math.cos(math.pi * t / 4)) / 2 for t in range(4))]),
+    ("onecycle", 10, 0, None, 0.1, [onecycle_lr(1.0, 10, e) for e in range(1, 11)]),
+    ("onecycle", 1, 0, None, 0.1, [onecycle_lr(1.0, 1, 1)]),
+]
+
+
+@pytest.mark.parametrize(("schedule", "epochs", "warmup", "step_size", "gamma", "factors"), SCHEDULES)
+def test_every_schedule_sets_each_epochs_lr_by_its_documented_formula(
+    schedule, epochs, warmup, step_size, gamma, factors
+):
     config = TrialConfig(
-        **{**FAST, "epochs": epochs},
+        optimizer="sgd",
+        lr=0.05,
+        epochs=epochs,
+        lr_schedule=schedule,
+        warmup_epochs=warmup,
+        lr_step_size=step_size,
+        lr_gamma=gamma,
+    )
+    assert scheduled_lrs(config) == pytest.approx([0.05 * f for f in factors], rel=1e-9)
+
+
+def test_onecycle_rises_to_its_peak_then_anneals_and_every_epoch_trains():
+    lrs = scheduled_lrs(TrialConfig(optimizer="sgd", lr=0.1, epochs=20, lr_schedule="onecycle"))
+    top = lrs.index(max(lrs))
+    assert lrs[0] == pytest.approx(0.1 / 25) and 4 <= top <= 6 and max(lrs) > 0.099
+    assert lrs[: top + 1] == sorted(lrs[: top + 1]) and lrs[top:] == sorted(lrs[top:], reverse=True)
+    assert lrs[-1] > 0.1 / 25 / 1e4  # its floor falls on the epoch after the cap, as cosine's 0 does
+
+
+@pytest.mark.parametrize("epochs", [5, 6, 10, 20, 50, 100])
+def test_step_decays_twice_whatever_the_epoch_cap(epochs):
+    lrs = scheduled_lrs(TrialConfig(optimizer="sgd", lr=1.0, epochs=epochs, lr_schedule="step", lr_gamma=0.5))
+    assert sorted(set(lrs), reverse=True) == [1.0, 0.5, 0.25]  # two decays by gamma, never more
+    assert lrs[-1] == 0.25  # the last third of the budget trains at gamma**2
+    # the three stretches are a third of the budget each (up to rounding)
+    assert max(lrs.count(v) for v in (1.0, 0.5, 0.25)) - min(lrs.count(v) for v in (1.0, 0.5, 0.25)) <= 2
+
+
+@pytest.mark.parametrize(
+    ("schedule", "warmup"), [("step", 0), ("cosine", 1), ("onecycle", 0), ("constant", 2)]
+)
+def test_the_lr_column_is_the_lr_each_epoch_trained_with(digits, monkeypatch, schedule, warmup):
+    real = train_module.train_one_epoch
+    seen = []
+
+    def recording(model, optimizer, *args, **kwargs):
+        result = real(model, optimizer, *args, **kwargs)
+        seen.append(optimizer.param_groups[0]["lr"])  # the lr of the epoch's steps, after them
+        return result
+
+    monkeypatch.setattr(train_module, "train_one_epoch", recording)
+    config = TrialConfig(
+        **{**FAST, "epochs": 4},
         optimizer="sgd",
         lr=0.05,
         lr_schedule=schedule,
+        warmup_epochs=warmup,
         lr_gamma=0.5,
         train_fraction=0.1,
     )
     result = train_trial(config, digits)
-    assert [row["lr"] for row in result.history] == pytest.approx([expected(e, epochs) for e in (1, 2, 3, 4)])
+    assert [row["lr"] for row in result.history] == seen == scheduled_lrs(config)
+    assert len(set(seen)) > 1  # the schedule moved the lr
+
+
+def test_label_smoothing_shapes_the_training_loss_only(digits, monkeypatch):
+    calls = []
+    real = F.cross_entropy
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("label_smoothing", 0.0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "cross_entropy", spy)
+    config = TrialConfig(**FAST, label_smoothing=0.1, train_fraction=0.25)
+    result = train_trial(config, digits)
+    assert 0.1 in calls and set(calls) == {0.0, 0.1}  # training steps smoothed, evaluation plain
+    monkeypatch.undo()
+    # the recorded validation and test losses are plain cross-entropy of the kept weights
+    model = load_trial_model(config, result.state_dict)
+    images, labels = val_split(digits, config)
+    assert evaluate(model, images, labels, data=digits) == pytest.approx((result.val_loss, result.val_acc))
+    plain = train_trial(config.replace(label_smoothing=0.0), digits)
+    assert plain.history[0]["train_loss"] != result.history[0]["train_loss"]
+    # a smoothed target's loss cannot reach 0: even a perfect prediction pays the smoothing's entropy
+    logits = torch.tensor([[50.0, 0.0, 0.0]])
+    assert float(real(logits, torch.tensor([0]), label_smoothing=0.1)) > 0.1
+
+
+@pytest.mark.parametrize("kind", ["shift", "crop"])
+def test_translating_augmentations_train_without_touching_the_data(digits, kind):
+    images, labels = digits.train_images.copy(), digits.train_labels.copy()
+    result = train_trial(TrialConfig(**FAST, augment=kind, train_fraction=0.25), digits)
+    assert result.status in ("completed", "collapsed") and result.epochs_run == 1
+    assert np.array_equal(digits.train_images, images) and np.array_equal(digits.train_labels, labels)
+    again = train_trial(TrialConfig(**FAST, augment=kind, train_fraction=0.25), digits)
+    assert again.history[0]["train_loss"] == result.history[0]["train_loss"]  # seeded by the run
 
 
 # --------------------------------------------------------------------------- early stopping

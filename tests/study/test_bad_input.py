@@ -138,6 +138,8 @@ CASES = {
             "max",
             "--batch-size",
             "32",
+            *("--lr-schedule", "constant", "--weight-decay", "0", "--label-smoothing", "0"),
+            *("--augment", "none"),
         ],
         "nothing left to search",
     ),

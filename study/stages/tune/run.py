@@ -28,13 +28,27 @@ from study.common.files import provenance, read_json, write_json
 from study.common.results import read_run_info
 from study.stages.tune.optuna_store import quiet_optuna
 from study.stages.tune.results import RAY_FOLDER, STUDY_FILE, StudyEnd, TuneResults, duration_text
-from study.stages.tune.space import SearchSpace, sampled_config
+from study.stages.tune.space import GRACE_PERIOD, REDUCTION_FACTOR, SearchSpace, sampled_config
 from study.stages.tune.trial import METRIC, MODE, tune_trainable
 
 SCHEDULERS = ("asha", "none")
 MAX_FAILURES = 2  # retries of a crashed trial worker before the trial counts as errored
 DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 DURATION = re.compile(r"(?:\d+(?:\.\d+)?[hms])+|\d+(?:\.\d+)?")
+# What an ASHA study.json written before these keys existed ran with: grace 1, Ray's factor 4.
+LEGACY_ASHA = {"grace_period": 1, "reduction_factor": 4.0}
+IDENTITY_KEYS = (
+    "dataset",
+    "data_checksum",
+    "space",
+    "base",
+    "trials",
+    "seed",
+    "scheduler",
+    "grace_period",
+    "reduction_factor",
+    "time_budget_s",
+)
 
 
 @dataclass(frozen=True)
@@ -45,15 +59,36 @@ class TuneSettings:
     scheduler: str = "asha"
     max_failures: int = MAX_FAILURES
     time_budget_s: float | None = None  # Tune's time_budget_s: no trial starts once it is spent
+    # ASHA: epochs every trial trains before it may be stopped (clipped to the epoch cap), and the
+    # factor between rungs (only the top 1/F of the trials at a rung continue).
+    grace_period: int = GRACE_PERIOD
+    reduction_factor: float = REDUCTION_FACTOR
 
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {self.trials}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose one of: asha, none")
+        grace = self.grace_period
+        if isinstance(grace, bool) or not isinstance(grace, int) or grace < 1:
+            raise ConfigError(f"--grace-period must be a whole number of epochs >= 1, got {grace}")
+        factor = self.reduction_factor
+        if (
+            isinstance(factor, bool)
+            or not isinstance(factor, int | float)
+            or not (math.isfinite(factor) and factor > 1)
+        ):
+            raise ConfigError(
+                f"--reduction-factor must be a number > 1 (the top 1/F of a rung continue), got {factor}"
+            )
+        object.__setattr__(self, "reduction_factor", float(factor))
         budget = self.time_budget_s
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise ConfigError(f"--time-budget must be a positive duration, got {budget} s")
+
+    def grace_epochs(self, epochs: int) -> int:
+        """The grace period ASHA runs with: never more than the epoch cap (``epochs``)."""
+        return min(self.grace_period, epochs)
 
 
 def parse_duration(text: str) -> float:
@@ -84,8 +119,40 @@ def study_identity(
         "trials": settings.trials,
         "seed": base.seed,
         "scheduler": settings.scheduler,
+        **asha_identity(settings, base.epochs),
         "time_budget_s": settings.time_budget_s,
     }
+
+
+def asha_identity(settings: TuneSettings, epochs: int) -> dict[str, Any]:
+    """ASHA's grace period (as run: clipped to the epoch cap) and reduction factor; None for both
+    without ASHA (--scheduler none has no rungs)."""
+    asha = settings.scheduler == "asha"
+    return {
+        "grace_period": settings.grace_epochs(epochs) if asha else None,
+        "reduction_factor": settings.reduction_factor if asha else None,
+    }
+
+
+def asha_rungs(settings: TuneSettings, epochs: int) -> list[float]:
+    """The epochs at which ASHA compares trials (Ray's rungs: grace * F**k below the cap)."""
+    grace, factor = settings.grace_epochs(epochs), settings.reduction_factor
+    count = int(math.log(epochs / grace) / math.log(factor) + 1)
+    return [grace * factor**k for k in range(count) if grace * factor**k < epochs]
+
+
+def asha_text(settings: TuneSettings, epochs: int) -> str:
+    grace = settings.grace_epochs(epochs)
+    clipped = (
+        f" (--grace-period {settings.grace_period} clipped to the {epochs}-epoch cap)"
+        if grace < settings.grace_period
+        else ""
+    )
+    rungs = ", ".join(f"{r:g}" for r in asha_rungs(settings, epochs)) or "none before the cap"
+    return (
+        f"ASHA: every trial trains {grace} epoch{'s' if grace > 1 else ''} before it may be stopped"
+        f"{clipped}; the top 1/{settings.reduction_factor:g} continue at each rung (epochs: {rungs})"
+    )
 
 
 def _has_study(folder: Path) -> bool:
@@ -112,8 +179,11 @@ def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> boo
     if not _has_study(folder):
         raise StudyError(f"--resume: no study to resume in {folder}")
     saved = read_json(folder / STUDY_FILE, what="study file")
-    # Tune restores the time budget the study started with, whatever a resume asks: refuse another.
-    for key in ("dataset", "data_checksum", "space", "base", "trials", "seed", "scheduler", "time_budget_s"):
+    legacy = LEGACY_ASHA if saved.get("scheduler") == "asha" else dict.fromkeys(LEGACY_ASHA)
+    saved = {**legacy, **saved}
+    # Tune restores the time budget and the scheduler the study started with, whatever a resume
+    # asks: refuse another.
+    for key in IDENTITY_KEYS:
         if saved.get(key) != identity[key]:
             raise StudyError(
                 f"--resume refused: the study in {folder} was started with a "
@@ -171,7 +241,12 @@ def build_tuner(
         points_to_evaluate=default_point(base, space),
     )
     scheduler = (
-        ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1)
+        ASHAScheduler(
+            time_attr="training_iteration",  # one iteration per epoch reported
+            max_t=epochs,
+            grace_period=settings.grace_epochs(epochs),
+            reduction_factor=settings.reduction_factor,
+        )
         if settings.scheduler == "asha"
         else FIFOScheduler()
     )
@@ -204,19 +279,45 @@ def default_point(base: TrialConfig, space: SearchSpace) -> list[dict[str, Any]]
     """The library's default config as the first trial, when the space contains it.
 
     TPE starts with random trials; evaluating the defaults first means a study never reports a
-    best trial worse than what `study train` gives without tuning.
+    best trial worse than what `study train` gives without tuning. A field left to a default
+    that depends on others takes the value it trains with (``lr_step_size``: a third of the
+    epochs; ``weight_decay``: the optimizer's PyTorch default), and "none" (0) in a log range,
+    which cannot hold 0, is its low end (the space's 1e-6 weight decay: no decay to speak of).
+    Step's own fields, unused by the default constant schedule, are moved into their ranges.
     """
-    point = {name: getattr(base, name) for name in space.params}
+    point: dict[str, Any] = {}
     for name, spec in space.params.items():
-        value = point[name]
-        inside = (
-            (value in spec["choices"])
-            if "choices" in spec
-            else (value is not None and spec["low"] <= value <= spec["high"])
-        )
+        value = _trained_value(base, name)
+        if "choices" in spec:
+            inside = value in spec["choices"]
+        else:
+            if spec["log"] and value == 0:
+                value = spec["low"]
+            if value is not None and name in STEP_ONLY and base.lr_schedule != "step":
+                value = min(max(value, spec["low"]), spec["high"])  # unused: any value trains the same
+            inside = value is not None and spec["low"] <= value <= spec["high"]
         if not inside:
             return []
+        point[name] = value
     return [point]
+
+
+# Fields only the step schedule reads: under any other schedule their value changes nothing.
+STEP_ONLY = ("lr_gamma", "lr_step_size")
+
+
+# PyTorch's default weight decay where it is not 0 (the config's None means "the optimizer's").
+PYTORCH_WEIGHT_DECAY = {"adamw": 0.01}
+
+
+def _trained_value(base: TrialConfig, name: str) -> Any:
+    """The value ``base`` trains with for field ``name``, with defaults left as None resolved."""
+    value = getattr(base, name)
+    if value is None and name == "lr_step_size":
+        return base.step_size()
+    if value is None and name == "weight_decay":
+        return PYTORCH_WEIGHT_DECAY.get(base.optimizer, 0.0)
+    return value
 
 
 STAGE = "tune"  # OUT/NAME/tune
@@ -291,6 +392,8 @@ def _fit(
             f"trials, {plan.concurrent} at a time ({plan.cpus_per_trial} CPU, {plan.gpus_per_trial:g} "
             f"GPU each){budget} on {data.name} (sha256 {data.checksum[:12]}) -> {folder}"
         )
+        if settings.scheduler == "asha":
+            say(asha_text(settings, base.epochs))
         progress = TrialProgress(
             settings.trials, on_trial_done, epochs=base.epochs, started=started, console=console()
         )
@@ -337,6 +440,7 @@ def study_results(
     """The results of a run and how it ended; after a spent budget, trials it kept from
     starting (they never reported an epoch) are dropped: they did not run."""
     from study.common.results import expand_configs
+    from study.stages.tune.tables import mark_collapsed
 
     if budget_spent:
         never_ran = (trials["status"] == Status.UNFINISHED) & ~trials["trial_id"].isin(epochs["trial_id"])
@@ -344,5 +448,10 @@ def study_results(
     end = StudyEnd.of(
         trials, asked=settings.trials, budget_s=settings.time_budget_s, budget_spent=budget_spent
     )
-    run = provenance(data, kind=STAGE, **end.to_dict())
+    if end.budget_spent:
+        # Counted above as cut short; the budget ended them for good, so one at chance is named
+        # collapsed like a pruned one (an interrupted study's unfinished trials run again on resume).
+        trials = mark_collapsed(trials, data=data, statuses=(Status.UNFINISHED,))
+    asha = {key: identity.get(key) for key in ("scheduler", "grace_period", "reduction_factor")}
+    run = provenance(data, kind=STAGE, **asha, **end.to_dict())
     return TuneResults(trials=expand_configs(trials), epochs=epochs, identity=identity, end=end, run=run)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from lenet_core.config import from_dict
 from lenet_core.data import ImageData
 from lenet_core.status import FAILED, Status
 from study.common.selection import SELECTION_METRIC
@@ -41,7 +42,8 @@ def trial_status(last: dict[str, Any], *, errored: bool) -> Status:
     The worker's own final status decides first: its last epoch says "completed", "diverged" or
     "collapsed". Tune's ``done`` flag is not enough alone: Tune sets it on the cached last result
     in place, so a study restored from a state saved in that moment has a finished trial without
-    it. ``done`` on a result the worker did not end means ASHA stopped the trial (pruned).
+    it. ``done`` on a result the worker did not end means ASHA stopped the trial (pruned; one at
+    chance is then named collapsed by ``mark_collapsed``).
     """
     if errored:
         return Status.ERRORED
@@ -122,13 +124,49 @@ def collect_results(
     # one that never reported comes last.
     trials = pd.DataFrame(trial_rows).sort_values(["start_time", "trial_id"], na_position="last")
     trials.insert(1, "trial", range(1, len(trials) + 1))
-    trials = trials.reset_index(drop=True)
+    trials = mark_collapsed(trials.reset_index(drop=True), data=data)
     epochs = (
         pd.concat(epoch_frames, ignore_index=True)
         if epoch_frames
         else pd.DataFrame(columns=["trial_id", *EPOCH_COLUMNS])
     )
     return trials, epochs
+
+
+def mark_collapsed(
+    trials: pd.DataFrame, *, data: ImageData, statuses: tuple[Status, ...] = (Status.PRUNED,)
+) -> pd.DataFrame:
+    """``trials`` with every trial of ``statuses`` whose best validation accuracy is no better than
+    always answering the validation split's majority class (+ COLLAPSE_MARGIN) named collapsed.
+
+    A trial at chance learned nothing usable, whoever stopped it: ASHA (pruned) or a spent time
+    budget (unfinished, passed by the caller once the budget is known to have ended the study).
+    The worker names the trials it ran to their end; this names the ones stopped before. They stay
+    untested (test_acc NaN) and, like every failed trial, out of the best trial and the tables.
+    The majority fraction is the trial's own validation split's (val_fraction, split_seed).
+    """
+    from lenet_core.train import is_collapsed, trial_split  # torch: only when a table is built
+
+    if not len(trials) or not trials["status"].isin([str(s) for s in statuses]).any():
+        return trials
+    labels_by_split: dict[tuple[float, int], Any] = {}
+
+    def at_chance(row: pd.Series) -> bool:
+        if not row["config"] or not math.isfinite(row[SELECTION_METRIC]):
+            return False
+        config = from_dict(json.loads(row["config"]), source="trial config")
+        key = (config.val_fraction, config.split_seed)
+        if key not in labels_by_split:
+            _, val_idx = trial_split(data, config)
+            labels_by_split[key] = data.train_labels[val_idx]
+        labels = labels_by_split[key]
+        return len(labels) > 0 and is_collapsed(row[SELECTION_METRIC], labels)
+
+    candidates = trials["status"].isin([str(s) for s in statuses])
+    collapsed = [bool(candidates[i]) and at_chance(row) for i, row in trials.iterrows()]
+    marked = trials.copy()
+    marked.loc[collapsed, "status"] = str(Status.COLLAPSED)
+    return marked
 
 
 def completed(trials: pd.DataFrame) -> pd.DataFrame:
@@ -154,7 +192,7 @@ def best_trial(trials: pd.DataFrame) -> pd.Series | None:
     return None if order.empty else order.iloc[0]
 
 
-GROUP_BY = ("optimizer", "activation", "pooling", "batch_size")
+GROUP_BY = ("optimizer", "activation", "pooling", "batch_size", "lr_schedule", "augment")
 
 
 def group_table(trials: pd.DataFrame, name: str) -> pd.DataFrame:

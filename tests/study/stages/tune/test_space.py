@@ -14,11 +14,52 @@ def test_search_toml_holds_the_default_space():
 
 def test_default_space_asks_the_study_questions():
     space = default_space()
-    assert set(space.params) == {"optimizer", "lr", "activation", "pooling", "batch_size"}
+    assert set(space.params) == {
+        "optimizer",
+        "lr",
+        "activation",
+        "pooling",
+        "batch_size",
+        "lr_schedule",
+        "weight_decay",
+        "label_smoothing",
+        "augment",
+    }
     assert space.params["lr"] == {"low": 1e-4, "high": 1.0, "log": True}
     dists = space.optuna_distributions()
     assert dists["batch_size"].choices == (32, 64, 128, 256, 512)
     assert dists["lr"].log
+
+
+def test_default_space_searches_schedules_and_regularization():
+    space = default_space()
+    assert space.params["lr_schedule"]["choices"] == ["constant", "step", "cosine", "onecycle"]
+    # weight decay on a log scale from a tiny 1e-6 (no decay to speak of) to 1e-2
+    assert space.params["weight_decay"] == {"low": 1e-6, "high": 1e-2, "log": True}
+    assert space.params["label_smoothing"] == {"low": 0.0, "high": 0.15, "log": False}
+    assert space.params["augment"]["choices"] == ["none", "shift", "crop"]  # no flip: digits
+    assert "patience" not in space.params  # a fixed budget: early stopping would confound schedules
+
+
+def test_fashion_space_searches_step_and_keeps_a_fixed_budget():
+    from study.experiments import load_experiment
+    from study.stages.tune.run import default_point
+
+    experiment = load_experiment(EXPERIMENTS / "fashion.toml")
+    space = parse_space({"space": experiment.space, "fixed": experiment.fixed}, source="fashion.toml")
+    assert "patience" not in space.params and experiment.base_config().patience == 0
+    assert space.params["lr_schedule"]["choices"] == ["constant", "step", "cosine", "onecycle"]
+    assert space.params["augment"]["choices"] == ["none", "shift", "crop", "flip"]
+    assert {"lr_gamma", "lr_step_size", "weight_decay", "label_smoothing"} <= set(space.params)
+    assert space.optuna_distributions()["lr_step_size"].step == 1  # an int range: whole epochs
+    assert (experiment.grace_period, experiment.reduction_factor) == (3, 3.0)
+    # the first trial is still the library's defaults, at the values they train with
+    [point] = default_point(experiment.base_config(), space)
+    assert (point["lr_schedule"], point["augment"], point["label_smoothing"]) == ("constant", "none", 0.0)
+    assert (point["lr_step_size"], point["lr_gamma"], point["weight_decay"]) == (7, 0.1, 1e-6)
+    # --smoke's single epoch too: step's fields are unused by the default constant schedule
+    [smoke_point] = default_point(experiment.smoke().base_config(), space)
+    assert smoke_point["lr_step_size"] == 3 and smoke_point["lr_schedule"] == "constant"
 
 
 @pytest.mark.parametrize(

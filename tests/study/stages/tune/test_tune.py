@@ -104,9 +104,13 @@ def test_pruned_trials_are_not_tested_and_failed_ones_are_named(small_study):
     trials = pd.read_parquet(folder / "trials.parquet")
     assert trials.loc[trials["status"] == "pruned", "test_acc"].isna().all()
     finished = trials[trials["status"].isin(["completed", "diverged", "collapsed"])]
-    assert finished["test_acc"].notna().all()
-    ran_every_epoch = trials["status"].isin(["completed", "collapsed"])
+    # a trial ASHA stopped at chance is named collapsed but was never tested either
+    stopped_at_chance = (finished["status"] == "collapsed") & (finished["epochs_run"] < 2)
+    assert finished.loc[~stopped_at_chance, "test_acc"].notna().all()
+    ran_every_epoch = trials["status"] == "completed"
     assert (trials.loc[ran_every_epoch, "epochs_run"] == 2).all()  # a diverged run stops where it blew up
+    # ASHA's grace period (3) is clipped to the 2-epoch cap: no trial is stopped before the cap
+    assert (trials.loc[trials["status"] != "diverged", "epochs_run"] == 2).all()
     summary = (folder / "summary.md").read_text()
     failed = trials[trials["status"].isin(["diverged", "collapsed"])]
     assert ("Failed trials" in summary) == (len(failed) > 0)
@@ -157,6 +161,107 @@ def test_resume_with_a_different_space_is_refused(small_study):
     assert result.exit_code == 2 and "different space" in result.stderr
 
 
+def test_asha_settings_are_recorded_clipped_to_the_epoch_cap(small_study):
+    folder, output = small_study
+    identity = json.loads((folder / "study.json").read_text())
+    run = json.loads((folder / "run.json").read_text())
+    # the default grace period, 3 epochs, clipped to the study's 2-epoch cap, and Hyperband's 3
+    assert (identity["grace_period"], identity["reduction_factor"]) == (2, 3.0)
+    assert (run["scheduler"], run["grace_period"], run["reduction_factor"]) == ("asha", 2, 3.0)
+    assert "ASHA: every trial trains 2 epochs before it may be stopped (--grace-period 3 clipped" in output
+
+
+def test_resume_with_other_asha_settings_is_refused(small_study):
+    folder, _ = small_study
+    out = folder.parent.parent
+    changes = [("--grace-period", "1", "grace period"), ("--reduction-factor", "4", "reduction factor")]
+    for flag, value, what in changes:
+        result = runner.invoke(app, [*SMALL_STUDY, flag, value, "--out", str(out), "--name", "s", "--resume"])
+        assert result.exit_code == 2 and f"different {what}" in result.stderr, result.output
+
+
+def _started_study(folder: Path, identity: dict) -> Path:
+    (folder / "ray").mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps(identity))
+    return folder
+
+
+def test_a_study_json_from_before_the_asha_keys_resumes_only_with_what_it_ran(tmp_path):
+    from lenet_core.errors import StudyError
+    from study.stages.tune.run import TuneSettings, check_resume, study_identity
+    from study.stages.tune.space import default_space
+
+    class Data:
+        name, checksum = "digits", "c"
+
+    base = TrialConfig(dataset="digits", epochs=5)
+    legacy_run = TuneSettings(trials=4, grace_period=1, reduction_factor=4)
+    identity = study_identity(base, default_space(), legacy_run, Data())
+    old = {k: v for k, v in identity.items() if k not in ("grace_period", "reduction_factor")}
+    folder = _started_study(tmp_path / "old" / "tune", json.loads(json.dumps(old)))
+    assert check_resume(folder, identity, resume=True)  # old studies ran ASHA at grace 1, factor 4
+    new = study_identity(base, default_space(), TuneSettings(trials=4), Data())
+    with pytest.raises(StudyError, match="different grace period"):
+        check_resume(folder, new, resume=True)
+    fifo = TuneSettings(trials=4, scheduler="none")
+    fifo_identity = study_identity(base, default_space(), fifo, Data())
+    assert (fifo_identity["grace_period"], fifo_identity["reduction_factor"]) == (None, None)  # no rungs
+    old_fifo = {k: v for k, v in fifo_identity.items() if k not in ("grace_period", "reduction_factor")}
+    assert check_resume(_started_study(tmp_path / "fifo" / "tune", old_fifo), fifo_identity, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grace-period", "0"], "error: --grace-period must be a whole number of epochs >= 1, got 0"),
+        (["--grace-period", "-2"], "error: --grace-period must be a whole number of epochs >= 1, got -2"),
+        (["--reduction-factor", "1"], "error: --reduction-factor must be a number > 1"),
+        (["--reduction-factor", "0.5"], "error: --reduction-factor must be a number > 1"),
+        (["--reduction-factor", "inf"], "error: --reduction-factor must be a number > 1"),
+    ],
+)
+def test_bad_asha_settings_exit_2_with_one_line(tmp_path, args, message):
+    result = runner.invoke(app, [*SMALL_STUDY, *args, "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_help_explains_the_asha_flags():
+    result = runner.invoke(app, ["tune", "--help"], terminal_width=200)
+    text = " ".join(result.stdout.split())
+    assert "--grace-period" in text and "--reduction-factor" in text
+    assert "epochs every trial trains before it may be stopped" in text
+    assert "Default: 3, clipped to --epochs when larger" in text
+    assert "only the top 1/F of the trials at a rung continue (> 1). Default: 3." in text
+
+
+def test_the_cli_defaults_are_the_studys():
+    from study.stages.tune.run import TuneSettings
+    from study.stages.tune.space import GRACE_PERIOD, REDUCTION_FACTOR
+
+    settings = TuneSettings(trials=1)
+    assert (settings.grace_period, settings.reduction_factor) == (GRACE_PERIOD, REDUCTION_FACTOR) == (3, 3.0)
+    assert settings.grace_epochs(20) == 3 and settings.grace_epochs(2) == 2
+
+
+@pytest.mark.parametrize(
+    ("grace", "factor", "epochs", "rungs"),
+    [(3, 3, 20, [3, 9]), (1, 4, 20, [1, 4, 16]), (3, 3, 5, [3]), (3, 3, 2, []), (2, 2.5, 20, [2, 5, 12.5])],
+)
+def test_the_printed_rungs_are_the_ones_ray_asha_uses(grace, factor, epochs, rungs):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from study.stages.tune.run import TuneSettings, asha_rungs
+
+    settings = TuneSettings(trials=1, grace_period=grace, reduction_factor=factor)
+    assert asha_rungs(settings, epochs) == rungs
+    asha = ASHAScheduler(max_t=epochs, grace_period=settings.grace_epochs(epochs), reduction_factor=factor)
+    # Ray keeps its rungs in a private list (largest first); a rung at the cap stops nothing
+    ray_rungs = sorted(milestone for milestone, _ in asha._brackets[0]._rungs)
+    assert [r for r in ray_rungs if r < epochs] == rungs
+
+
 @pytest.mark.usefixtures("shared_ray")  # one local Ray for the module (conftest.py)
 def test_a_process_already_running_ray_cannot_join_another_cluster(tmp_path):
     args = ["tune", "--dataset", "digits", "--trials", "1", "--epochs", "1", "--address", "127.0.0.1:6379"]
@@ -172,8 +277,27 @@ def test_first_trial_is_the_default_config_when_the_space_holds_it():
 
     base = TrialConfig(dataset="digits", epochs=1)
     assert default_point(base, default_space()) == [
-        {"optimizer": "adam", "lr": 1e-3, "activation": "relu", "pooling": "max", "batch_size": 32}
+        {
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "activation": "relu",
+            "pooling": "max",
+            "batch_size": 32,
+            "lr_schedule": "constant",
+            # no weight decay (Adam's PyTorch default, 0) is the log range's tiny low end
+            "weight_decay": 1e-6,
+            "label_smoothing": 0.0,
+            "augment": "none",
+        }
     ]
+    adamw = parse_space({"space": {"weight_decay": {"low": 1e-6, "high": 1e-1, "log": True}}}, source="t")
+    assert default_point(TrialConfig(optimizer="adamw"), adamw) == [{"weight_decay": 0.01}]  # AdamW's own
+    steps = parse_space({"space": {"lr_step_size": {"low": 2, "high": 8}}}, source="t")
+    assert default_point(TrialConfig(epochs=12), steps) == [{"lr_step_size": 4}]  # a third of 12 epochs
+    assert default_point(TrialConfig(epochs=30, lr_schedule="step"), steps) == []  # 10 lies outside
+    # under any other schedule step's fields change nothing: the nearest value in range will do
+    assert default_point(TrialConfig(epochs=30), steps) == [{"lr_step_size": 8}]
+    assert default_point(TrialConfig(epochs=1), steps) == [{"lr_step_size": 2}]
     narrow = parse_space({"space": {"lr": {"low": 0.01, "high": 0.1}}}, source="t")
     assert default_point(base, narrow) == []  # 1e-3 lies outside: no point forced
     classic = TrialConfig(dataset="digits", variant="classic", activation="tanh", pooling="avg")
@@ -193,14 +317,16 @@ def test_config_file_fills_only_unsearched_fields_and_flags_fix_searched_ones():
         "device": "cpu",
         "threads": 4,
         "weight_decay": 1e-4,
+        "patience": 2,
         "seed": 3,
     }
     base, space = split_base_and_space(default_space(), best, {"pooling": "avg"})
-    assert set(space.params) == {"optimizer", "lr", "activation", "batch_size"}
-    assert (base.epochs, base.weight_decay, base.pooling, base.seed) == (7, 1e-4, "avg", 3)
-    # the file's optimizer and lr are searched, its device and threads give way to Ray's placement
+    assert set(space.params) == set(default_space().params) - {"pooling"}
+    assert (base.epochs, base.patience, base.pooling, base.seed) == (7, 2, "avg", 3)
+    # the file's optimizer, lr and weight decay are searched, its device and threads give way to
+    # Ray's placement
     default = TrialConfig()
-    assert (base.optimizer, base.lr) == (default.optimizer, default.lr)
+    assert (base.optimizer, base.lr, base.weight_decay) == (default.optimizer, default.lr, None)
     assert (base.device, base.threads) == (default.device, default.threads)
 
 

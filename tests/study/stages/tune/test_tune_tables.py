@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pandas as pd
 import pytest
 
+from lenet_core.config import TrialConfig
 from study.stages.tune.tables import last_attempt, trial_status
 
 
@@ -35,3 +39,136 @@ def test_last_attempt_keeps_the_rows_of_a_restarted_trials_last_run():
     assert kept["val_acc"].tolist() == [0.4, 0.5, 0.6, 0.7]
     once = history.iloc[:3]
     assert last_attempt(once).equals(once)
+
+
+# ------------------------------------------------------------------ a trial at chance is collapsed
+
+
+def fake_result(trial_id: str, val_accs: list[float], *, status: str, done: bool, config: TrialConfig):
+    """What Tune's ResultGrid yields for one trial: its last result and its per-epoch rows."""
+    from types import SimpleNamespace
+
+    rows = [
+        {
+            "epoch": e,
+            "lr": config.lr,
+            "val_acc": acc,
+            "test_acc": math.nan,
+            "images_per_s": 100.0,
+            "status": status if e == len(val_accs) else "running",
+            "trial_id": trial_id,
+            "trial_config": json.dumps(config.to_dict()),
+            "started_at": float(ord(trial_id[-1])),
+        }
+        for e, acc in enumerate(val_accs, start=1)
+    ]
+    return SimpleNamespace(
+        metrics={**rows[-1], "done": done},
+        metrics_dataframe=pd.DataFrame(rows),
+        path=f"/tmp/ray/{trial_id}",
+        error=None,
+        config={},
+    )
+
+
+def chance_and_margin(digits, config):
+    from lenet_core.train import COLLAPSE_MARGIN, majority_fraction, trial_split
+
+    _, val_idx = trial_split(digits, config)
+    return majority_fraction(digits.train_labels[val_idx]), COLLAPSE_MARGIN
+
+
+def test_a_trial_asha_stopped_at_chance_is_collapsed_not_pruned(digits):
+    from study.stages.tune.tables import collect_results
+
+    config = TrialConfig(dataset="digits", epochs=10)
+    chance, margin = chance_and_margin(digits, config)
+    grid = [
+        fake_result("t_a", [chance, chance], status="running", done=True, config=config),  # ASHA, at chance
+        fake_result("t_b", [0.09, chance + margin], status="running", done=True, config=config),  # just at it
+        fake_result("t_c", [chance, chance + margin + 0.01], status="running", done=True, config=config),
+        fake_result("t_d", [0.5, 0.9], status="completed", done=True, config=config),
+        fake_result("t_e", [chance], status="running", done=False, config=config),  # still running: kept
+    ]
+    trials, _ = collect_results(grid, params=["lr"], data=digits, sampled=None)
+    status = dict(zip(trials["trial_id"], trials["status"], strict=True))
+    assert status == {
+        "t_a": "collapsed",
+        "t_b": "collapsed",
+        "t_c": "pruned",
+        "t_d": "completed",
+        "t_e": "unfinished",
+    }
+    collapsed = trials[trials["status"] == "collapsed"]
+    assert collapsed["test_acc"].isna().all()  # stopped early, so never tested
+    from study.stages.tune.tables import best_trial, summary_markdown
+
+    assert best_trial(trials)["trial_id"] == "t_d"
+    summary = summary_markdown(trials, ["lr"])
+    failed = summary.split("## Failed trials", 1)[1].split("##", 1)[0]
+    assert "collapsed" in failed and failed.count("| collapsed") == 2
+    # the schedules and augmentations searched get their own table over completed trials
+    searched = trials.assign(lr_schedule=["cosine", "step", "step", "onecycle", "step"], augment="crop")
+    summary = summary_markdown(searched, ["lr", "lr_schedule", "augment"])
+    by_schedule = summary.split("## Validation accuracy by lr_schedule (completed trials only)", 1)[1]
+    assert "onecycle" in by_schedule.split("##", 1)[0] and "## Validation accuracy by augment" in summary
+
+
+def test_the_majority_is_that_of_each_trials_own_validation_split(digits):
+    from study.stages.tune.tables import mark_collapsed
+
+    # 44 validation images (5 of the most frequent class) against 898 (about a tenth of each)
+    small, large = (TrialConfig(dataset="digits", val_fraction=f) for f in (0.025, 0.5))
+    (high, margin), (low, _) = chance_and_margin(digits, small), chance_and_margin(digits, large)
+    assert high > low + 0.005
+    acc = high + margin - 0.002  # at chance on the small split, above it on the large one
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["small", "large"],
+            "status": ["pruned", "pruned"],
+            "best_val_acc": [acc, acc],
+            "config": [json.dumps(c.to_dict()) for c in (small, large)],
+        }
+    )
+    marked = mark_collapsed(trials, data=digits)
+    assert marked["status"].tolist() == ["collapsed", "pruned"]
+    assert trials["status"].tolist() == ["pruned", "pruned"]  # the input is left as it was
+
+
+def test_unfinished_trials_at_chance_are_collapsed_only_once_a_budget_ended_the_study(digits):
+    from study.stages.tune.run import TuneSettings, study_identity, study_results
+    from study.stages.tune.space import default_space
+
+    config = TrialConfig(dataset="digits", epochs=10)
+    chance, _ = chance_and_margin(digits, config)
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c"],
+            "trial": [1, 2, 3],
+            "status": ["completed", "unfinished", "unfinished"],
+            "best_val_acc": [0.9, chance, 0.7],
+            "test_acc": [0.9, math.nan, math.nan],
+            "config": [json.dumps(config.to_dict())] * 3,
+        }
+    )
+    epochs = pd.DataFrame({"trial_id": ["a", "b", "c"], "epoch": [1, 1, 1], "val_acc": [0.9, chance, 0.7]})
+    settings = TuneSettings(trials=5, time_budget_s=60, grace_period=4, reduction_factor=2)
+    identity = study_identity(config, default_space(), settings, digits)
+
+    def run(spent: bool):
+        return study_results(
+            trials, epochs, identity=identity, settings=settings, budget_spent=spent, data=digits
+        )
+
+    spent = run(True)
+    assert spent.trials["status"].tolist() == ["completed", "collapsed", "unfinished"]
+    # how the study ended counts the trials the budget cut short, whatever they are named
+    assert spent.end.budget_spent and spent.end.finished == 1 and "2 cut short" in spent.end.reason
+    assert (spent.run["scheduler"], spent.run["grace_period"], spent.run["reduction_factor"]) == (
+        "asha",
+        4,
+        2.0,
+    )
+    interrupted = run(False)  # an interrupt: the unfinished trials run again on --resume
+    assert interrupted.trials["status"].tolist() == ["completed", "unfinished", "unfinished"]
+    assert interrupted.end.interrupted

@@ -35,7 +35,18 @@ STUDY = [
     "--max-concurrent",
     "2",
 ]
-PARAMS = ("optimizer", "lr", "activation", "pooling", "batch_size")
+# the default space's fields, schedule and regularization included
+PARAMS = (
+    "optimizer",
+    "lr",
+    "activation",
+    "pooling",
+    "batch_size",
+    "lr_schedule",
+    "weight_decay",
+    "label_smoothing",
+    "augment",
+)
 STATE = {
     "completed": optuna.trial.TrialState.COMPLETE,
     "pruned": optuna.trial.TrialState.PRUNED,
@@ -342,3 +353,34 @@ def test_tensorboard_event_files_hold_val_acc_per_epoch(study):
         curve = study.epochs[study.epochs["trial_id"] == trial_id]
         assert [s.step for s in scalars] == list(curve["epoch"])
         assert [s.value for s in scalars] == pytest.approx(list(curve["val_acc"]), rel=1e-6)  # float32
+
+
+def test_a_trial_asha_stopped_at_chance_is_a_failed_optuna_trial(tmp_path, digits):
+    """Optuna's view of a collapsed trial that ASHA stopped: FAIL, no value, never tested; the
+    pruned one beside it stays PRUNED with its best validation accuracy."""
+    from study.stages.tune.optuna_store import write_optuna_study
+    from study.stages.tune.space import parse_space
+    from study.stages.tune.tables import collect_results
+    from tests.study.stages.tune.test_tune_tables import fake_result
+
+    config = TrialConfig(dataset="digits", epochs=10, lr=0.01)
+    grid = [
+        fake_result("t_a", [0.1, 0.1, 0.1], status="running", done=True, config=config),
+        fake_result("t_b", [0.4, 0.6, 0.7], status="running", done=True, config=config),
+    ]
+    trials, epochs = collect_results(grid, params=["lr"], data=digits, sampled=None)
+    space = parse_space({"space": {"lr": {"low": 1e-3, "high": 1e-1, "log": True}}}, source="t")
+    write_optuna_study(
+        tmp_path / "optuna.db",
+        study_name="s",
+        trials=trials,
+        epochs=epochs,
+        distributions=space.optuna_distributions(),
+        study_ended=True,
+    )
+    by_id = {t.user_attrs["trial_id"]: t for t in load_optuna(tmp_path, "s").trials}
+    collapsed, pruned = by_id["t_a"], by_id["t_b"]
+    assert collapsed.state == optuna.trial.TrialState.FAIL and collapsed.value is None
+    assert collapsed.user_attrs["status"] == "collapsed" and collapsed.user_attrs["test_acc"] is None
+    assert sorted(collapsed.intermediate_values) == [1, 2, 3]  # its curve is kept
+    assert pruned.state == optuna.trial.TrialState.PRUNED and pruned.value == pytest.approx(0.7)
