@@ -38,7 +38,9 @@ def section(stage: StageResults, root: Path) -> list[str]:
     raise TypeError(f"no report section for {type(stage).__name__}")
 
 
-def report_lines(results: StudyResults) -> list[str]:
+def report_lines(results: StudyResults, *, previous: Path | None = None) -> list[str]:
+    """REPORT.md's lines; ``previous`` (an earlier run's folder of the same experiment) adds, to a
+    sweep's section, each earlier verdict beside this run's and whether it survived."""
     from study.stages.ensemble.report import anchor_section
 
     root = results.folder
@@ -47,6 +49,7 @@ def report_lines(results: StudyResults) -> list[str]:
         lines += anchor_section(results.run.get("file") or {}, results.ensemble)
     for stage in results.stages():
         body = section(stage, root)  # starts with its "## title" and a blank line
+        body += earlier_claims(stage, previous) if previous is not None else []
         lines += [
             *body[:2],
             "### What was run",
@@ -60,9 +63,29 @@ def report_lines(results: StudyResults) -> list[str]:
     return lines
 
 
-def write_report(root: Path) -> Path:
+def earlier_claims(stage: StageResults, previous: Path) -> list[str]:
+    """A sweep's earlier verdicts, read as that run stored them (never re-analysed)."""
+    from study.common.results import read_optional_table
+    from study.stages.sweep.report import VERDICT_VIEWS, earlier_claims_section
+    from study.stages.sweep.results import SweepResults
+
+    if not isinstance(stage, SweepResults):
+        return []
+    tables = {
+        view: table
+        for view in VERDICT_VIEWS
+        if (table := read_optional_table(previous / f"{view}.parquet", what="earlier run")) is not None
+    }
+    from study.common.results import read_run_info
+
+    finished = read_run_info(previous).get("finished")
+    source = f"finished {finished}, read from {previous.name}/" if finished else f"{previous.name}/"
+    return earlier_claims_section(tables, stage, source=source)
+
+
+def write_report(root: Path, *, previous: Path | None = None) -> Path:
     """Write ROOT/REPORT.md from the results in ROOT (a study or experiment folder)."""
     results = load(root)
     path = results.folder / REPORT_FILE
-    write_text(path, "\n".join(report_lines(results)) + "\n")
+    write_text(path, "\n".join(report_lines(results, previous=previous)) + "\n")
     return path

@@ -257,3 +257,78 @@ def _reference_sentences(summary: pd.DataFrame, reference: dict) -> list[str]:
 
 def _condition(row: pd.Series, summary: pd.DataFrame) -> str:
     return label_of(row, list(summary.columns[: list(summary.columns).index("n")]))
+
+
+# ------------------------------------------------------------------ earlier claims
+# Verdicts as earlier versions wrote them: "best" was the lowest test mean, "tied" a comparison
+# with it that was not significant after Holm.
+EARLIER_WORDS = {"best": "best (lowest test error)", "tied": "tied with the best"}
+VERDICT_VIEWS = ("summary", "selected", "compare_at")
+
+
+def earlier_claims(previous: dict[str, pd.DataFrame], results: SweepResults) -> pd.DataFrame:
+    """Each condition's verdict in an earlier run's tables (``previous``: view name -> the table as
+    that run stored it) beside its verdict now, and whether the earlier claim survived.
+
+    An earlier "best" survives when that condition is now the reference or not significantly
+    worse than it; "tied" when there is now no significant difference from the reference;
+    "worse" or "better" when the verdict is the same. Conditions only one run has are listed with
+    "not in this run" or "not in the earlier run".
+    """
+    current = {"summary": results.summary, "selected": results.selected, "compare_at": results.compared_at}
+    swept = results.swept
+    rows = []
+    for view in VERDICT_VIEWS:
+        old, new = previous.get(view), current.get(view)
+        if old is None or new is None or "verdict" not in old or "verdict" not in new:
+            continue
+        now = {label_of(r, swept): r["verdict"] for _, r in new.iterrows()}
+        for _, r in old.iterrows():
+            label = label_of(r, swept)
+            before, after = str(r["verdict"]), now.get(label)
+            rows.append(
+                {
+                    "table": view,
+                    "condition": label,
+                    "earlier": EARLIER_WORDS.get(before, before),
+                    "now": after if after is not None else "not in this run",
+                    "survived": _survived(before, after),
+                }
+            )
+    return pd.DataFrame(rows, columns=["table", "condition", "earlier", "now", "survived"])
+
+
+def _survived(before: str, after: str | None) -> str:
+    if after is None:
+        return "n/a"
+    if before in ("n/a", "failed"):
+        return "yes" if after == before else "n/a"
+    if before == "best":
+        return "yes" if after in ("reference", "no significant difference", "better") else "no"
+    if before == "tied":
+        return "yes" if after in ("no significant difference", "reference") else "no"
+    return "yes" if after == before else "no"
+
+
+def earlier_claims_section(
+    previous: dict[str, pd.DataFrame], results: SweepResults, source: str
+) -> list[str]:
+    table = earlier_claims(previous, results)
+    if table.empty:
+        return []
+    claims = table[table["earlier"].str.startswith(("best", "tied", "worse", "better"))]
+    kept, lost = (claims["survived"] == "yes").sum(), (claims["survived"] == "no").sum()
+    lost_names = claims.loc[claims["survived"] == "no", ["table", "condition", "earlier", "now"]]
+    lost_text = "; ".join(
+        f"{r.condition} ({r.table}): {r.earlier} -> {r.now}" for r in lost_names.itertuples()
+    )
+    return [
+        "### Earlier claims, against this run",
+        "",
+        f"The earlier run ({source}) chose its best condition by test error and called non-significant "
+        f"differences ties. Of its {len(claims)} verdicts, {kept} survived this run and {lost} did not"
+        + (f": {lost_text}." if lost else "."),
+        "",
+        _md(table),
+        "",
+    ]

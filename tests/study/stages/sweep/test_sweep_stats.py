@@ -273,3 +273,28 @@ class _Root:
 
     def glob(self, pattern: str) -> list:
         return []
+
+
+def test_earlier_claims_are_set_beside_this_runs_verdicts():
+    """An earlier 'best' that is now the reference or not significantly worse survives; one now
+    significantly worse does not; 'tied' survives as 'no significant difference'."""
+    from types import SimpleNamespace
+
+    from study.stages.sweep.report import earlier_claims
+
+    earlier = pd.DataFrame(
+        {"optimizer": ["adam", "sgd", "rmsprop"], "n": [5, 5, 5], "verdict": ["best", "tied", "worse"]}
+    )
+    now = pd.DataFrame(
+        {
+            "optimizer": ["adam", "sgd", "rmsprop"],
+            "n": [10, 10, 10],
+            "verdict": ["worse", "no significant difference", "reference"],
+        }
+    )
+    results = SimpleNamespace(summary=now, selected=None, compared_at=None, swept=["optimizer"])
+    table = earlier_claims({"summary": earlier}, results).set_index("condition")
+    assert table.loc["optimizer=adam", "survived"] == "no"  # the earlier best is now worse
+    assert table.loc["optimizer=sgd", "survived"] == "yes"
+    rmsprop = table.loc["optimizer=rmsprop", ["earlier", "now", "survived"]].tolist()
+    assert rmsprop == ["worse", "reference", "no"]
