@@ -22,6 +22,7 @@ _EXPORTS = {
     "evaluate": "lenet_core.train",
     "predict_proba": "lenet_core.train",
     "train_trial": "lenet_core.train",
+    "train_packed": "lenet_core.packed",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -222,8 +222,26 @@ def tune(
         typer.Option("--space", help="TOML search space replacing the default ([space] and [fixed] tables)."),
     ] = None,
     scheduler: Annotated[
-        str, typer.Option(help="Early stopping: asha (grace period 1 epoch) or none.")
+        str,
+        typer.Option(help="Early stopping of poor trials: asha (see --grace-period) or none."),
     ] = "asha",
+    grace_period: Annotated[
+        int | None,
+        typer.Option(
+            help="ASHA: epochs every trial trains before it may be stopped (>= 1). Default: 3, clipped "
+            "to --epochs when larger (say 2 with --epochs 2). One epoch is too few for LeNet: slow "
+            "starters (small lr, cosine, warm-up) were stopped while still climbing.",
+            show_default=False,
+        ),
+    ] = None,
+    reduction_factor: Annotated[
+        float | None,
+        typer.Option(
+            help="ASHA: rungs at grace, grace*F, grace*F^2, ... epochs below --epochs, and only the "
+            "top 1/F of the trials at a rung continue (> 1). Default: 3.",
+            show_default=False,
+        ),
+    ] = None,
     time_budget: Annotated[
         str | None,
         typer.Option(
@@ -241,7 +259,8 @@ def tune(
     cluster: ClusterOptions,
     overrides: dict[str, Any],
 ) -> None:
-    """Search optimizer, lr, activation, pooling and batch size with Ray Tune + Optuna (TPE) + ASHA.
+    """Search optimizer, lr, activation, pooling, batch size, lr schedule, weight decay, label
+    smoothing and augmentation with Ray Tune + Optuna (TPE) + ASHA.
 
     A TrialConfig flag (e.g. --optimizer adam) fixes that field for every trial and removes it
     from the search. Writes trials.parquet/csv, epochs.parquet, best.json, summary.md, figures,
@@ -266,6 +285,8 @@ def tune(
         config=file_values or None,
         trials=trials,
         scheduler=scheduler,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
         time_budget_s=parse_duration(time_budget) if time_budget is not None else None,
         out=out,
         name=name,
@@ -413,8 +434,18 @@ def bench(
             help="Also ResNet-18 test accuracy in bf16 against fp32 over --seeds seeds (an hour on 2 cores).",
         ),
     ] = False,
-    device: Annotated[str, typer.Option(help="Device of the in-process loop section: cpu or cuda.")] = "cpu",
-    threads: Annotated[int, typer.Option(help="torch threads of the train and loop sections.")] = 1,
+    pack: Annotated[
+        bool,
+        typer.Option(
+            "--pack",
+            help="Also K LeNet-5s trained as one pack against one after another, K = 1..16 (minutes; "
+            "--no-core --pack runs only that).",
+        ),
+    ] = False,
+    device: Annotated[
+        str, typer.Option(help="Device of the in-process loop and --pack sections: cpu or cuda.")
+    ] = "cpu",
+    threads: Annotated[int, typer.Option(help="torch threads of the train, loop and --pack sections.")] = 1,
     rounds: Annotated[
         int | None,
         typer.Option(help="A/B rounds of every section (default: per section).", show_default=False),
@@ -449,6 +480,7 @@ def bench(
         study=study,
         ensemble=ensemble,
         accuracy=accuracy,
+        pack=pack,
         device=device,
         threads=threads,
         rounds=rounds,
@@ -515,6 +547,15 @@ def run(
 @one_line_errors
 def report(
     folder: Annotated[Path, typer.Argument(help="A results folder: results/NAME.")],
+    previous: Annotated[
+        Path | None,
+        typer.Option(
+            "--previous",
+            help="An earlier run of the same experiment (a folder as it wrote it): the report lists "
+            "each of its verdicts beside this run's and whether it survived.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write FOLDER/REPORT.md: what was run, summary tables, figures, and what they show.
 
@@ -523,4 +564,6 @@ def report(
     """
     from study.writeup import write_report
 
-    console().print(f"-> {write_report(folder)}")
+    if previous is not None and not previous.is_dir():
+        raise StudyError(f"--previous {previous} is not a results folder")
+    console().print(f"-> {write_report(folder, previous=previous)}")

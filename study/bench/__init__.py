@@ -16,7 +16,9 @@ Sections (``run_bench``), each in its module:
 - ``study`` (tune.py, opt-in): ``study tune`` against ``scripts/peer_tune.py`` (Ray Tune + Optuna
   written as Ray's docs write it), both as subprocesses, and Tune's overhead in process;
 - ``ensemble`` (ensemble.py, opt-in): ``study ensemble`` with its ResNet-18 in bf16 against fp32;
-- ``accuracy`` (precision.py, opt-in): ResNet-18 test accuracy in bf16 against fp32 over seeds.
+- ``accuracy`` (precision.py, opt-in): ResNet-18 test accuracy in bf16 against fp32 over seeds;
+- ``pack`` (pack.py, opt-in): K LeNet-5s trained as one pack (lenet_core.packed) against one
+  after another, K = 1..16, training images/s.
 """
 
 from study.bench.report import print_report, report_tables

@@ -6,9 +6,11 @@ from typing import Any
 
 from study.bench.settings import (
     GOAL_ENSEMBLE_RATIO,
+    GOAL_PACK_SPEEDUP,
     GOAL_RESNET_BF16_SPEEDUP,
     GOAL_STUDY_SPEEDUP,
     GOAL_TRAIN_SPEEDUP,
+    PACK_GOAL_K,
     WORK_KEYS,
 )
 
@@ -136,6 +138,20 @@ def accuracy_table(acc: dict[str, Any]) -> Table:
     return title, rows
 
 
+PACK_COLUMNS = ("k", "separate_images_per_s", "packed_images_per_s", "speedup", "speedup_cpu_time", "rounds")
+
+
+def pack_table(pack: dict[str, Any]) -> Table:
+    at_goal = [row["speedup"] for row in pack["rows"] if row["k"] == PACK_GOAL_K]
+    goal = f"{at_goal[0]:.2f}x at K = {PACK_GOAL_K}" if at_goal else f"K = {PACK_GOAL_K} not measured"
+    title = (
+        f"7. K LeNet-5s packed in one step vs one after another, {pack['device']}, {pack['threads']} "
+        f"thread(s), batch {pack['batch_size']}, training images/s over the K models ({_load(pack)}): "
+        f"{goal} (goal {GOAL_PACK_SPEEDUP:.1f}x)"
+    )
+    return title, [{key: row[key] for key in PACK_COLUMNS} for row in pack["rows"]]
+
+
 def report_tables(figures: dict[str, Any]) -> list[Table]:
     """(title, rows) of every table, in section order."""
     tables = []
@@ -151,6 +167,8 @@ def report_tables(figures: dict[str, Any]) -> list[Table]:
         tables.append(ensemble_table(figures["ensemble"]))
     if "accuracy" in figures:
         tables.append(accuracy_table(figures["accuracy"]))
+    if "pack" in figures:
+        tables.append(pack_table(figures["pack"]))
     return tables
 
 

@@ -91,6 +91,11 @@ def run_bench(
             with section(figures, "accuracy", say, "--accuracy: ResNet-18 test accuracy, bf16 vs fp32"):
                 mnist = load_dataset("mnist", data_dir=mnist_dir)
                 figures["accuracy"].update(accuracy_ab(mnist, settings=settings, say=say))
+        if settings.pack:
+            from study.bench.pack import pack_throughput
+
+            with section(figures, "pack", say, "--pack: K LeNet-5s packed in one step vs one after another"):
+                figures["pack"].update(pack_throughput(data, settings, say))
     figures["load_at_end"] = load_average()
     return figures
 
@@ -106,6 +111,7 @@ def bench_command(
     study: bool = False,
     ensemble: bool = False,
     accuracy: bool = False,
+    pack: bool = False,
     mnist_dir: Path | None = None,
     rounds: int | None = None,
     epochs: int = 10,
@@ -125,6 +131,7 @@ def bench_command(
         study=study,
         ensemble=ensemble,
         accuracy=accuracy,
+        pack=pack,
         mnist_dir=mnist_dir,
         rounds=rounds,
         epochs=epochs,

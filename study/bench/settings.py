@@ -32,6 +32,9 @@ GOAL_TRAIN_SPEEDUP = 2.0
 GOAL_RESNET_BF16_SPEEDUP = 1.5
 GOAL_STUDY_SPEEDUP = 2.2
 GOAL_ENSEMBLE_RATIO = 0.5
+GOAL_PACK_SPEEDUP = 1.3  # K = 5 LeNet-5s trained as one pack, against one after another
+PACK_GOAL_K = 5
+PACK_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)  # K of --pack
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class BenchSettings:
     study: bool = False
     ensemble: bool = False
     accuracy: bool = False
+    pack: bool = False  # K LeNet-5s as one pack against one after another (study/bench/pack.py)
+    pack_sizes: tuple[int, ...] = PACK_SIZES
     mnist_dir: Path | None = None  # MNIST for --ensemble and --accuracy; default SHARED_MNIST
     rounds: int | None = None  # overrides the rounds of every section
     epochs: int = 10  # of --ensemble and --accuracy
@@ -60,8 +65,10 @@ class BenchSettings:
                 raise StudyError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.rounds is not None and self.rounds < 1:
             raise StudyError(f"--rounds must be >= 1, got {self.rounds}")
-        if not (self.core or self.study or self.ensemble or self.accuracy):
-            raise StudyError("--no-core leaves nothing to measure; add --study, --ensemble or --accuracy")
+        if not (self.core or self.study or self.ensemble or self.accuracy or self.pack):
+            raise StudyError(
+                "--no-core leaves nothing to measure; add --study, --ensemble, --accuracy or --pack"
+            )
 
     def _rounds(self, quick: int, full: int) -> int:
         return self.rounds or (quick if self.quick else full)
@@ -109,3 +116,11 @@ class BenchSettings:
     @property
     def overhead_trials(self) -> int:  # the in-process Tune overhead probe of --study
         return 2 if self.quick else 8
+
+    @property
+    def pack_rounds(self) -> int:
+        return self._rounds(3, 5)
+
+    @property
+    def pack_images(self) -> int:  # training images per model per --pack measurement
+        return 512 if self.quick else 2048
