@@ -282,10 +282,11 @@ def earlier_claims(previous: dict[str, pd.DataFrame], results: SweepResults) -> 
         old, new = previous.get(view), current.get(view)
         if old is None or new is None or "verdict" not in old or "verdict" not in new:
             continue
-        now = {label_of(r, swept): r["verdict"] for _, r in new.iterrows()}
+        now = {label_of(r, swept): r for _, r in new.iterrows()}
         for _, r in old.iterrows():
             label = label_of(r, swept)
-            before, after = str(r["verdict"]), now.get(label)
+            before, match = str(r["verdict"]), now.get(label)
+            after = None if match is None else str(match["verdict"])
             rows.append(
                 {
                     "table": view,
@@ -293,9 +294,14 @@ def earlier_claims(previous: dict[str, pd.DataFrame], results: SweepResults) -> 
                     "earlier": EARLIER_WORDS.get(before, before),
                     "now": after if after is not None else "not in this run",
                     "survived": _survived(before, after),
+                    "earlier_test_error": r.get("test_error_mean"),
+                    "now_test_error": None if match is None else match.get("test_error_mean"),
+                    "earlier_n": r.get("n"),
+                    "now_n": None if match is None else match.get("n"),
                 }
             )
-    return pd.DataFrame(rows, columns=["table", "condition", "earlier", "now", "survived"])
+    columns = ["table", "condition", "earlier", "now", "survived", "earlier_test_error", "now_test_error"]
+    return pd.DataFrame(rows, columns=[*columns, "earlier_n", "now_n"])
 
 
 def _survived(before: str, after: str | None) -> str:
