@@ -44,7 +44,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,23 +59,18 @@ from lenet_core.models import (
     C3_TABLE,
     LeNet5,
     avg_pool_2x2,
-    count_parameters,
     max_pool_2x2,
     sum_pool_2x2,
 )
-from lenet_core.status import Status
 from lenet_core.train import (
-    DIVERGED_LOSS,
     DIVERGENCE_CHECK_EVERY,
     MEMORY_FORMAT,
-    BestEpoch,
-    EpochScore,
+    RunState,
+    Split,
     TrialResult,
     build_trial_model,
     check_precision,
     evaluate,
-    is_collapsed,
-    library_versions,
     make_optimizer,
     make_scheduler,
     precision_autocast,
@@ -476,23 +471,14 @@ def train_packed_epoch(
 
 @dataclass
 class _Member:
-    """A member's run state across epochs: its lane, verdicts and history."""
+    """A member of a pack: its lane, its schedule, and its run's state and verdicts (``RunState``,
+    the same code that ``train_trial`` ends its epochs with)."""
 
     index: int  # position in train_packed's configs
     lane: Lane
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    train_size: int
-    best: BestEpoch = field(default_factory=BestEpoch)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    status: Status = Status.COMPLETED
-    stopped_early: bool = False
-    kept: EpochScore = field(default_factory=lambda: EpochScore(0, math.nan, math.nan))
-    current: EpochScore = field(default_factory=lambda: EpochScore(0, math.nan, math.nan))  # last epoch
-    test_loss: float = math.nan
-    test_acc: float = math.nan
+    run: RunState
     seconds: float = 0.0  # its share of the packed epochs' time plus its own evaluations
-    train_seconds: float = 0.0  # its share of the packed epochs' time
-    done: bool = False
 
     @property
     def config(self) -> TrialConfig:
@@ -501,6 +487,9 @@ class _Member:
     @property
     def model(self) -> LeNet5:
         return self.lane.model
+
+    def evaluate_on(self, split: Split, *, data: ImageData) -> tuple[float, float]:
+        return evaluate(self.model, split[0], split[1], data=data, precision=self.config.precision)
 
 
 def train_packed(
@@ -563,10 +552,10 @@ def train_packed(
                     index=i,
                     lane=lane,
                     scheduler=scheduler,
-                    train_size=len(train_idx),
+                    run=RunState(config=config, train_size=len(train_idx)),
                 )
             )
-        if len({m.train_size for m in members}) > 1:
+        if len({m.run.train_size for m in members}) > 1:
             raise ConfigError(
                 "train_indices must have the training split's length to pack with configs that use "
                 f"the split ({len(split_train)} images)"
@@ -583,31 +572,35 @@ def train_packed(
             epoch_start = time.perf_counter()
             scores = train_packed_epoch(pack, [m.lane for m in active], images, labels, data=data)
             share = (time.perf_counter() - epoch_start) / len(active)
+            val, test = (val_images, val_labels), (test_images, test_labels)
             for member, lr, (train_loss, train_acc) in zip(active, lrs, scores, strict=True):
-                member.train_seconds += share
                 member.seconds += share
                 evaluated = time.perf_counter()
-                _end_epoch(
-                    member,
+                member.run.end_epoch(
                     epoch,
+                    member.model,
                     lr=lr,
                     train_loss=train_loss,
                     train_acc=train_acc,
                     seconds=share,
-                    data=data,
-                    val=(val_images, val_labels),
-                    test=(test_images, test_labels),
+                    evaluate_on=lambda split, m=member: m.evaluate_on(split, data=data),
+                    val=val,
+                    test=test,
                 )
                 member.seconds += time.perf_counter() - evaluated
-            stops = {m.index for m in active if report is not None and report(m.index, m.history[-1])}
-            if report_epoch is not None and report_epoch({m.index: m.history[-1] for m in active}):
+            stops = {m.index for m in active if report is not None and report(m.index, m.run.history[-1])}
+            if report_epoch is not None and report_epoch({m.index: m.run.history[-1] for m in active}):
                 stops |= {m.index for m in active}
             for member in active:
-                if member.index in stops and not member.done:
+                if member.index in stops and not member.run.done:
                     stopping = time.perf_counter()
-                    _stop(member, data=data, test=(test_images, test_labels))
+                    member.run.stop(
+                        member.model,
+                        evaluate_on=lambda split, m=member: m.evaluate_on(split, data=data),
+                        test=test,
+                    )
                     member.seconds += time.perf_counter() - stopping
-            still = [m for m in active if not m.done]
+            still = [m for m in active if not m.run.done]
             # as train_trial: the schedule steps after each epoch a member goes on from (once per
             # epoch for a shared scheduler)
             for scheduler in {id(m.scheduler): m.scheduler for m in still if m.scheduler}.values():
@@ -615,99 +608,8 @@ def train_packed(
             if len(still) < len(active):
                 pack.repack([m.model for m in still])
             active = still
-        return [_result(m, data) for m in members]
-
-
-def _end_epoch(
-    member: _Member,
-    epoch: int,
-    *,
-    lr: float,
-    train_loss: float,
-    train_acc: float,
-    seconds: float,
-    data: ImageData,
-    val: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
-) -> None:
-    """train_trial's end of an epoch for one member: validation, best epoch, verdicts, test and
-    history row; sets ``member.done`` when the member's run has ended."""
-    config, model = member.config, member.model
-    _, val_labels = val
-
-    def evaluate_on(split: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
-        return evaluate(model, split[0], split[1], data=data, precision=config.precision)
-
-    val_loss, val_acc = evaluate_on(val) if len(val_labels) else (math.nan, math.nan)
-    current = member.current = EpochScore(epoch, val_loss, val_acc)
-    if math.isfinite(val_acc):
-        member.best.offer(current, model)
-    diverged = not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS
-    member.stopped_early = (
-        not diverged and epoch < config.epochs and member.best.patience_spent(config.patience, epoch)
-    )
-    final = diverged or member.stopped_early or epoch == config.epochs
-    if final:
-        member.kept = current if diverged else (member.best.restore(model) or current)
-        member.status = Status.DIVERGED if diverged else _ended_status(member.kept, val_labels)
-    if final or config.test_every_epoch:
-        member.test_loss, member.test_acc = evaluate_on(test)
-    member.history.append(
-        {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "test_loss": member.test_loss,
-            "test_acc": member.test_acc,
-            "seconds": seconds,
-            "images_per_s": member.train_size / seconds if seconds > 0 else math.nan,
-            "status": member.status if final else Status.RUNNING,
-        }
-    )
-    member.done = final
-
-
-def _stop(member: _Member, *, data: ImageData, test: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """What train_trial does when its report asks it to stop: keep the best epoch, test it."""
-    member.status = Status.STOPPED
-    member.kept = member.best.restore(member.model) or member.current
-    member.test_loss, member.test_acc = evaluate(
-        member.model, test[0], test[1], data=data, precision=member.config.precision
-    )
-    member.done = True
-
-
-def _ended_status(kept: EpochScore, val_labels: torch.Tensor) -> Status:
-    """As train_trial: COLLAPSED when the kept weights are no better than the majority class."""
-    if len(val_labels) and is_collapsed(kept.val_acc, val_labels):
-        return Status.COLLAPSED
-    return Status.COMPLETED
-
-
-def _result(member: _Member, data: ImageData) -> TrialResult:
-    model = member.model.to(memory_format=MEMORY_FORMAT)  # the layout build_trial_model gives
-    history = member.history
-    val_accs = [row["val_acc"] for row in history if math.isfinite(row["val_acc"])]
-    return TrialResult(
-        config=member.config,
-        status=member.status,
-        history=history,
-        val_loss=member.kept.val_loss,
-        val_acc=member.kept.val_acc,
-        best_val_acc=max(val_accs, default=math.nan),
-        test_loss=member.test_loss,
-        test_acc=member.test_acc,
-        best_epoch=member.kept.epoch,
-        stopped_early=member.stopped_early,
-        seconds=member.seconds,
-        images_per_s=(
-            member.train_size * len(history) / member.train_seconds if member.train_seconds else 0.0
-        ),
-        parameters=count_parameters(model),
-        data_checksum=data.checksum,
-        versions=library_versions(),
-        state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-    )
+        # the layout build_trial_model gives, for state dicts like train_trial's
+        return [
+            m.run.result(m.model.to(memory_format=MEMORY_FORMAT), data=data, seconds=m.seconds)
+            for m in members
+        ]

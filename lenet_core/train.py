@@ -313,6 +313,111 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+Split = tuple[torch.Tensor, torch.Tensor]  # (images (N, 28, 28) uint8, labels (N,) int64)
+Evaluate = Callable[[Split], tuple[float, float]]  # a split -> (mean loss, accuracy) of the model
+
+
+@dataclass
+class RunState:
+    """One run's state from epoch to epoch, and its verdicts: the one piece of code that ends an
+    epoch, stops a run and builds its TrialResult, for ``train_trial`` and every member of a
+    ``lenet_core.packed`` pack alike."""
+
+    config: TrialConfig
+    train_size: int  # training images an epoch goes through
+    best: BestEpoch = field(default_factory=BestEpoch)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: Status = Status.COMPLETED
+    stopped_early: bool = False
+    kept: EpochScore = field(default_factory=lambda: EpochScore(0, math.nan, math.nan))
+    current: EpochScore = field(default_factory=lambda: EpochScore(0, math.nan, math.nan))
+    test_loss: float = math.nan
+    test_acc: float = math.nan
+    train_seconds: float = 0.0
+    done: bool = False  # the run has ended: its last epoch, divergence, patience or a stop
+
+    def end_epoch(
+        self,
+        epoch: int,
+        model: nn.Module,
+        *,
+        lr: float,
+        train_loss: float,
+        train_acc: float,
+        seconds: float,
+        evaluate_on: Evaluate,
+        val: Split,
+        test: Split,
+    ) -> dict[str, Any]:
+        """Validate, keep the best epoch, judge (diverged, patience, last epoch, collapsed), test
+        when the run ends (or every epoch with test_every_epoch) and append the history row."""
+        config = self.config
+        self.train_seconds += seconds
+        val_labels = val[1]
+        val_loss, val_acc = evaluate_on(val) if len(val_labels) else (math.nan, math.nan)
+        self.current = EpochScore(epoch, val_loss, val_acc)
+        if math.isfinite(val_acc):
+            self.best.offer(self.current, model)
+        diverged = not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS
+        self.stopped_early = (
+            not diverged and epoch < config.epochs and self.best.patience_spent(config.patience, epoch)
+        )
+        final = diverged or self.stopped_early or epoch == config.epochs
+        if final:
+            # A diverged run keeps its last weights: its metrics should show the failure.
+            self.kept = self.current if diverged else (self.best.restore(model) or self.current)
+            self.status = Status.DIVERGED if diverged else _ended_status(self.kept, val_labels)
+        if final or config.test_every_epoch:  # the last row always carries test metrics
+            self.test_loss, self.test_acc = evaluate_on(test)
+        self.history.append(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "test_loss": self.test_loss,
+                "test_acc": self.test_acc,
+                "seconds": seconds,
+                "images_per_s": self.train_size / seconds if seconds > 0 else math.nan,
+                "status": self.status if final else Status.RUNNING,
+            }
+        )
+        self.done = final
+        return self.history[-1]
+
+    def stop(self, model: nn.Module, *, evaluate_on: Evaluate, test: Split) -> None:
+        """A report asked the run to stop: keep its best epoch's weights and test them."""
+        self.status = Status.STOPPED
+        self.kept = self.best.restore(model) or self.current
+        self.test_loss, self.test_acc = evaluate_on(test)
+        self.done = True
+
+    def result(self, model: nn.Module, *, data: ImageData, seconds: float) -> TrialResult:
+        val_accs = [row["val_acc"] for row in self.history if math.isfinite(row["val_acc"])]
+        return TrialResult(
+            config=self.config,
+            status=self.status,
+            history=self.history,
+            val_loss=self.kept.val_loss,
+            val_acc=self.kept.val_acc,
+            best_val_acc=max(val_accs, default=math.nan),
+            test_loss=self.test_loss,
+            test_acc=self.test_acc,
+            best_epoch=self.kept.epoch,
+            stopped_early=self.stopped_early,
+            seconds=seconds,
+            images_per_s=(
+                self.train_size * len(self.history) / self.train_seconds if self.train_seconds else 0.0
+            ),
+            parameters=count_parameters(model),
+            data_checksum=data.checksum,
+            versions=library_versions(),
+            state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        )
+
+
 def train_trial(
     config: TrialConfig,
     data: ImageData,
@@ -351,14 +456,11 @@ def train_trial(
         scaler = make_grad_scaler(config.precision, device)
         generator = torch.Generator().manual_seed(config.seed)  # batch order and augmentation
 
-        def evaluate_on(split_images: torch.Tensor, split_labels: torch.Tensor) -> tuple[float, float]:
-            return evaluate(model, split_images, split_labels, data=data, precision=config.precision)
+        def evaluate_on(split: Split) -> tuple[float, float]:
+            return evaluate(model, split[0], split[1], data=data, precision=config.precision)
 
-        history: list[dict[str, Any]] = []
-        best = BestEpoch()
-        status, stopped_early, train_seconds = Status.COMPLETED, False, 0.0
-        kept = EpochScore(0, math.nan, math.nan)
-        test_loss = test_acc = math.nan
+        run = RunState(config=config, train_size=len(train_idx))
+        val, test = (val_images, val_labels), (test_images, test_labels)
         for epoch in range(1, config.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]  # the lr this epoch trains with
             epoch_start = time.perf_counter()
@@ -373,67 +475,24 @@ def train_trial(
                 generator=generator,
                 scaler=scaler,
             )
-            seconds = time.perf_counter() - epoch_start
-            train_seconds += seconds
-            val_loss, val_acc = evaluate_on(val_images, val_labels) if len(val_idx) else (math.nan, math.nan)
-            current = EpochScore(epoch, val_loss, val_acc)
-            if math.isfinite(val_acc):
-                best.offer(current, model)
-            diverged = not math.isfinite(train_loss) or train_loss > DIVERGED_LOSS
-            stopped_early = (
-                not diverged and epoch < config.epochs and best.patience_spent(config.patience, epoch)
+            row = run.end_epoch(
+                epoch,
+                model,
+                lr=lr,
+                train_loss=train_loss,
+                train_acc=train_acc,
+                seconds=time.perf_counter() - epoch_start,
+                evaluate_on=evaluate_on,
+                val=val,
+                test=test,
             )
-            final = diverged or stopped_early or epoch == config.epochs
-            if final:
-                # A diverged run keeps its last weights: its metrics should show the failure.
-                kept = current if diverged else (best.restore(model) or current)
-                status = Status.DIVERGED if diverged else _ended_status(kept, val_labels)
-            if final or config.test_every_epoch:  # the last row always carries test metrics
-                test_loss, test_acc = evaluate_on(test_images, test_labels)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "lr": lr,
-                    "train_loss": train_loss,
-                    "train_acc": train_acc,
-                    "val_loss": val_loss,
-                    "val_acc": val_acc,
-                    "test_loss": test_loss,
-                    "test_acc": test_acc,
-                    "seconds": seconds,
-                    "images_per_s": len(train_idx) / seconds if seconds > 0 else math.nan,
-                    "status": status if final else Status.RUNNING,
-                }
-            )
-            if report is not None and report(history[-1]) and not final:
-                status = Status.STOPPED
-                kept = best.restore(model) or current
-                test_loss, test_acc = evaluate_on(test_images, test_labels)
-                break
-            if final:
+            if report is not None and report(row) and not run.done:
+                run.stop(model, evaluate_on=evaluate_on, test=test)
+            if run.done:
                 break
             if scheduler is not None:
                 scheduler.step()
-
-        val_accs = [row["val_acc"] for row in history if math.isfinite(row["val_acc"])]
-        return TrialResult(
-            config=config,
-            status=status,
-            history=history,
-            val_loss=kept.val_loss,
-            val_acc=kept.val_acc,
-            best_val_acc=max(val_accs, default=math.nan),
-            test_loss=test_loss,
-            test_acc=test_acc,
-            best_epoch=kept.epoch,
-            stopped_early=stopped_early,
-            seconds=time.perf_counter() - started,
-            images_per_s=len(train_idx) * len(history) / train_seconds if train_seconds else 0.0,
-            parameters=count_parameters(model),
-            data_checksum=data.checksum,
-            versions=library_versions(),
-            state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-        )
+        return run.result(model, data=data, seconds=time.perf_counter() - started)
 
 
 def _ended_status(kept: EpochScore, val_labels: torch.Tensor) -> Status:
