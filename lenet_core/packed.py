@@ -76,6 +76,7 @@ from lenet_core.train import (
     precision_autocast,
     resolve_device,
     torch_threads,
+    training_loss,
     trial_split,
 )
 
@@ -431,7 +432,7 @@ def train_packed_epoch(
             # each lane's loss as train_one_epoch computes it (autocast runs it in fp32)
             losses = torch.stack(
                 [
-                    F.cross_entropy(logits[j], y[j], label_smoothing=lane.config.label_smoothing)
+                    training_loss(logits[j], y[j], lane.config)
                     for j, lane in enumerate(lanes)
                 ]
             )

@@ -503,6 +503,12 @@ def _ended_status(kept: EpochScore, val_labels: torch.Tensor) -> Status:
     return Status.COMPLETED
 
 
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, config: TrialConfig) -> torch.Tensor:
+    """The loss a training step minimizes: cross-entropy of (B, 10) logits against (B,) labels,
+    with the config's label smoothing (validation and test losses stay plain cross-entropy)."""
+    return F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -543,7 +549,7 @@ def train_one_epoch(
         with autocast:
             logits = model(x)  # (B, 10), bf16/fp16 under autocast
             # autocast computes cross-entropy in fp32; smoothing shapes the training loss only
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            loss = training_loss(logits, y, config)
         optimizer.zero_grad(set_to_none=True)
         if scaler is None:
             loss.backward()
