@@ -556,14 +556,26 @@ def report(
             show_default=False,
         ),
     ] = None,
+    reanalyse: Annotated[
+        bool,
+        typer.Option(
+            "--reanalyse",
+            help="First rewrite the folder's tables (and the figures drawn from them) with this "
+            "version's statistics, from the runs it holds; nothing is trained again.",
+        ),
+    ] = False,
 ) -> None:
     """Write FOLDER/REPORT.md: what was run, summary tables, figures, and what they show.
 
     Works for tune, ensemble, train and experiment folders; every sentence is computed from the
     numbers in the folder.
     """
+    from study.reader import load
     from study.writeup import write_report
 
     if previous is not None and not previous.is_dir():
         raise StudyError(f"--previous {previous} is not a results folder")
+    if reanalyse:
+        results = load(folder)
+        results.write(results.folder)
     console().print(f"-> {write_report(folder, previous=previous)}")
