@@ -197,16 +197,22 @@ def _mark_failed_ends(
     for top, entries in beyond.items():
         if entries:
             arrow = "▲ above" if top else "▼ below"
+            # beside the axes, under the legend: a note inside would cover the curves near the edge
             ax.text(
-                0.99,
-                0.97 if top else 0.03,
+                1.02,
+                0.0 if top else 0.2,
                 f"{OFF_SCALE} ({arrow} the axis, marked on its edge):\n" + "\n".join(entries),
                 transform=ax.transAxes,
-                ha="right",
-                va="top" if top else "bottom",
+                ha="left",
+                va="bottom",
                 fontsize="x-small",
                 bbox={"facecolor": "white", "edgecolor": "lightgrey", "alpha": 0.85},
             )
+
+
+def _stopped_early(runs: pd.DataFrame) -> bool:
+    """Whether some run stopped before its budget, so a mean curve thins where it did."""
+    return "stopped_early" in runs and bool(runs["stopped_early"].fillna(False).astype(bool).any())
 
 
 def facet_field(runs: pd.DataFrame, swept: list[str]) -> str | None:
@@ -245,7 +251,7 @@ def curves(
             fontsize="small",
             loc="upper left",
             bbox_to_anchor=(1.01, 1.0),
-            title=f"{band}\n{THIN}" if ax is axes[0] else None,
+            title=(f"{band}\n{THIN}" if _stopped_early(runs) else band) if ax is axes[0] else None,
         )
     axes[-1].set_xlabel("epoch")
     fig.suptitle(title, fontsize="large")
