@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from lenet_core.config import TrialConfig, from_dict
 from lenet_core.errors import StudyError
 from study.common.cluster import ClusterOptions
-from study.common.context import RunContext
+from study.common.context import DEFAULT_PACK, RunContext, check_pack
 
 if TYPE_CHECKING:
     from lenet_core.data import ImageData
@@ -44,7 +44,9 @@ def context_for(
     resume: bool,
     overwrite: bool,
     progress: Callable[[str], None],
+    pack: int | None = None,
 ) -> RunContext:
+    """The RunContext of a stage; ``pack`` None is the default (``DEFAULT_PACK``), 1 no packing."""
     if resume and not name:
         raise StudyError("resume needs the name of the run to continue")
     return RunContext(
@@ -55,6 +57,7 @@ def context_for(
         resume=resume,
         overwrite=overwrite,
         progress=progress,
+        pack=DEFAULT_PACK if pack is None else pack,
     )
 
 
@@ -74,6 +77,7 @@ def tune(
     grace_period: int | None = None,
     reduction_factor: float | None = None,
     time_budget_s: float | None = None,
+    seeds_per_trial: int = 1,
     data: ImageData | None = None,
     out: str | Path = "results",
     name: str | None = None,
@@ -89,6 +93,8 @@ def tune(
     fields that are not searched (e.g. a best.json's config). ``data`` skips loading the dataset.
     ASHA lets every trial train ``grace_period`` epochs (default 3, clipped to the epoch cap)
     before it may stop it, then keeps the top 1/``reduction_factor`` (default 3) at each rung.
+    ``seeds_per_trial`` S > 1 trains each trial's config on S seeds as one pack and scores it by
+    their mean (trials get ``best_val_acc_std`` and ``test_acc_std``); 1 is one plain run.
     """
     from study.stages.tune.run import TuneSettings, run_study
     from study.stages.tune.space import (
@@ -106,6 +112,7 @@ def tune(
         time_budget_s=time_budget_s,
         grace_period=GRACE_PERIOD if grace_period is None else grace_period,
         reduction_factor=REDUCTION_FACTOR if reduction_factor is None else reduction_factor,
+        seeds_per_trial=seeds_per_trial,
     )
     searched = (
         space if isinstance(space, SearchSpace) else (load_space(Path(space)) if space else default_space())
@@ -138,6 +145,7 @@ def ensemble(
     resnet: str = "resnet18",
     resnet_precision: str | None = None,
     resnet_epochs: int | None = None,
+    pack: int | None = None,
     data: ImageData | None = None,
     out: str | Path = "results",
     name: str | None = None,
@@ -151,7 +159,8 @@ def ensemble(
 
     The members' config is ``config``, or the best trial of the tune study ``from_study``
     (results/NAME), with ``fixed`` fields on top; ``top_k`` cycles members over that study's K
-    best distinct configs by the selection metric.
+    best distinct configs by the selection metric. LeNet members of one config train as packs of
+    at most ``pack`` per Ray task (None: ``DEFAULT_PACK``, 5; 1: each alone).
     """
     from study.common.placement import without_placement
     from study.stages.ensemble.run import (
@@ -165,6 +174,8 @@ def ensemble(
 
     if members < 2:
         raise StudyError(f"members must be >= 2 for a vote, got {members}")
+    if pack is not None:
+        check_pack(pack)
     if from_study is not None and config is not None:
         raise StudyError("give config or from_study, not both")
     overrides = dict(fixed or {})
@@ -201,6 +212,7 @@ def ensemble(
         resume=resume,
         overwrite=overwrite,
         progress=progress,
+        pack=pack,
     )
     return run_ensemble(configs, base=base, plan=plan, context=context)
 
@@ -210,6 +222,7 @@ def run_experiment(
     *,
     smoke: bool = False,
     fixed: Mapping[str, Any] | None = None,
+    pack: int | None = None,
     data: ImageData | None = None,
     out: str | Path = "results",
     name: str | None = None,
@@ -219,11 +232,15 @@ def run_experiment(
     progress: Callable[[str], None] = print,
 ) -> StudyResults:
     """An experiment file (sweep, data-fraction, tune, ensemble, tune-ensemble) through its
-    stages, then its REPORT.md; files go to OUT/NAME (NAME: the file's name by default)."""
+    stages, then its REPORT.md; files go to OUT/NAME (NAME: the file's name by default). Sweep
+    runs and ensemble members of one shape train as packs of at most ``pack`` per Ray task
+    (None: ``DEFAULT_PACK``, 5; 1: each alone)."""
     from study.experiments import execute, load_experiment
     from study.reader import load
     from study.writeup import write_report
 
+    if pack is not None:
+        check_pack(pack)
     experiment = load_experiment(Path(path))
     if smoke:
         experiment = experiment.smoke()
@@ -238,6 +255,7 @@ def run_experiment(
         resume=resume,
         overwrite=overwrite,
         progress=progress,
+        pack=pack,
     )
     root = execute(experiment, context=context)
     progress(f"results -> {root}; report -> {write_report(root)}")

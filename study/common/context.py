@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lenet_core.errors import ConfigError
 from study.common.cluster import ClusterOptions
 from study.common.files import run_folder
 
@@ -20,6 +21,18 @@ if TYPE_CHECKING:  # torch-free: the CLI builds a context before anything trains
     from lenet_core.data import ImageData
 
 ROOT_STAGE = "."  # an experiment's own tables (a sweep) sit in OUT/NAME itself
+# Models of one shape trained together in one Ray task (lenet_core.packed): at most this many per
+# pack unless --pack/--no-pack says otherwise. `study bench --pack` measured 1.36x the images/s of
+# one model after another at K = 5 on a CPU core, levelling off above about 4; a GPU keeps the
+# same default until it is measured there.
+DEFAULT_PACK = 5
+
+
+def check_pack(value: object) -> int:
+    """``--pack K``: a whole number >= 1 (1: every model trains alone, as --no-pack)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"--pack must be a whole number >= 1 (1 trains every model alone), got {value!r}")
+    return value
 
 
 def _print(line: str) -> None:
@@ -38,6 +51,11 @@ class RunContext:
     resume: bool = False
     overwrite: bool = False
     progress: Callable[[str], None] = _print  # one line of news per call (console, or a notebook)
+    # the most models of one shape (ensemble members, sweep runs) trained as one pack, in one task
+    pack: int = DEFAULT_PACK
+
+    def __post_init__(self) -> None:
+        check_pack(self.pack)
 
     @property
     def root(self) -> Path:

@@ -123,6 +123,16 @@ CASES = {
         "epochs must be int",
     ),
     "ensemble resnet members": (["ensemble", *DIGITS, "--model", "resnet18"], "members are LeNet-5"),
+    # packing (--pack K / --no-pack): ensemble and run
+    "ensemble pack 0": (["ensemble", *DIGITS, "--pack", "0"], "--pack must be a whole number >= 1"),
+    "ensemble pack word": (["ensemble", *DIGITS, "--pack", "many"], "--pack must be a whole number >= 1"),
+    "ensemble pack fraction": (["ensemble", *DIGITS, "--pack", "2.5"], "--pack must be a whole number >= 1"),
+    "ensemble pack and no-pack": (
+        ["ensemble", *DIGITS, "--pack", "3", "--no-pack"],
+        "give --pack K or --no-pack, not both",
+    ),
+    "run pack negative": (["run", "{file:e.toml:" + SWEEP + "}", "--pack", "-1"], "--pack must be a whole"),
+    "tune seeds per trial": (["tune", *DIGITS, "--seeds-per-trial", "0"], "--seeds-per-trial must be"),
     "tune resume without name": (["tune", *DIGITS, "--resume"], "--resume needs the --name"),
     "tune all fixed": (
         [

@@ -322,6 +322,8 @@ def members_table(outputs: list[MemberOutput]) -> pd.DataFrame:
                 "max_epochs": m.spec.config.epochs,
                 "node_ip": m.summary.get("node_ip", ""),
                 "node_id": m.summary.get("node_id", ""),
+                # models trained together in its task (1: alone); its seconds are its share of them
+                "pack_size": m.summary.get("pack_size", 1),
                 # the whole TrialConfig as it ran: replay one member with `study train --config`
                 "config": json.dumps(m.spec.config.to_dict(), sort_keys=True),
             }

@@ -17,7 +17,7 @@ import numpy as np
 from lenet_core.config import TrialConfig, from_dict
 from lenet_core.data import ImageData, as_tensor, bootstrap_indices
 from lenet_core.errors import ConfigError, StudyError
-from lenet_core.train import load_trial_model, predict_proba, train_trial, trial_split
+from lenet_core.train import TrialResult, load_trial_model, predict_proba, train_trial, trial_split
 from study.common.files import load_weights, save_weights, write_json, write_via_temp
 from study.common.placement import without_placement
 from study.stages.ensemble.results import MEMBER_PREDICTIONS, MEMBER_RESULT, MEMBER_WEIGHTS, MEMBERS_FOLDER
@@ -101,6 +101,28 @@ def train_member(spec: MemberSpec, data: ImageData) -> MemberOutput:
     """Train one member and predict the test split and its out-of-bag images."""
     in_bag, oob_idx = bagging_indices(spec, data)
     result = train_trial(spec.config, data, train_indices=in_bag)
+    return member_output(spec, result, oob_idx, data)
+
+
+def train_members(specs: list[MemberSpec], data: ImageData) -> list[MemberOutput]:
+    """Train LeNet members of one shape as one pack (``lenet_core.packed.train_packed``), each on
+    its own seed and in-bag indices (a bootstrap resample has the split's length, so seed and
+    bagged members of one config share a pack), then predict as ``train_member`` does."""
+    from lenet_core.packed import train_packed
+
+    bags = [bagging_indices(spec, data) for spec in specs]
+    results = train_packed([s.config for s in specs], data, train_indices=[in_bag for in_bag, _ in bags])
+    return [
+        member_output(spec, result, oob_idx, data)
+        for spec, result, (_, oob_idx) in zip(specs, results, bags, strict=True)
+    ]
+
+
+def member_output(
+    spec: MemberSpec, result: TrialResult, oob_idx: np.ndarray, data: ImageData
+) -> MemberOutput:
+    """A trained member's output: its kept weights' probabilities on the test split and on its
+    out-of-bag images, and its summary; the same whether it trained alone or in a pack."""
     model = load_trial_model(spec.config, result.state_dict)
     # the member's own precision: a bf16 ResNet is voted on as it was tested, and no slower
     precision = spec.config.precision

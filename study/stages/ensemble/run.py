@@ -9,8 +9,11 @@ Every model shares one train/validation split (``split_seed``). Per repeat, with
   known, so OOB accuracy comes for free;
 - the ResNet baseline on the full split.
 
-``repeats`` independent ensembles use disjoint seeds. Members are checkpointed as they finish
-(weights, test and OOB probabilities); ``--resume`` reuses them.
+``repeats`` independent ensembles use disjoint seeds. LeNet members of one config (seed and
+bagged alike: a bootstrap resample has the split's length) train as packs of up to ``--pack`` in
+one Ray task each (``lenet_core.packed``); the ResNet trains alone. Members are checkpointed as
+they finish, a pack's as soon as it returns (weights, test and OOB probabilities); ``--resume``
+reuses them and packs only the members still missing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from study.stages.ensemble.members import (
     resnet_specs,
     save_member,
     train_member,
+    train_members,
 )
 from study.stages.ensemble.results import EnsembleResults
 
@@ -140,7 +144,7 @@ def run_ensemble(
 
         def tables(outputs: dict[str, MemberOutput]) -> EnsembleResults:
             trained = [outputs[s.name] for s in specs]
-            run = provenance(context.data, kind=STAGE, plan=vars(plan))
+            run = provenance(context.data, kind=STAGE, plan=vars(plan), pack=context.pack)
             results = dataclasses.replace(analyze(trained, context.data, run=run), folder=folder)
             results.write_tables(folder)
             write_figures(trained, results, context.data, folder)
@@ -148,7 +152,14 @@ def run_ensemble(
             return results
 
         results = run_units(
-            order, work=train_member, store=MemberStore(folder), context=context, label="models", then=tables
+            order,
+            work=train_member,
+            work_pack=train_members,  # LeNets of one config (seed and bagged) train as packs
+            pack=context.pack,
+            store=MemberStore(folder),
+            context=context,
+            label="models",
+            then=tables,
         )
     for line in results.console_lines():
         context.progress(line)

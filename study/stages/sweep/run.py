@@ -13,7 +13,7 @@ import pandas as pd
 
 from lenet_core.config import TrialConfig
 from lenet_core.data import ImageData
-from lenet_core.train import train_trial
+from lenet_core.train import TrialResult, train_trial
 from study.common.context import RunContext
 from study.common.executor import UnreadableOutput, run_units
 from study.common.files import provenance, read_json, write_json
@@ -47,7 +47,19 @@ class RunOutput:
 
 def train_run(run: SweepRun, data: ImageData) -> RunOutput:
     """One sweep run (in a Ray worker, placed): summary and history, no weights."""
-    result = train_trial(run.config, data)
+    return run_output(train_trial(run.config, data))
+
+
+def train_runs(runs: list[SweepRun], data: ImageData) -> list[RunOutput]:
+    """Sweep runs of one shape (a condition's seeds, and any other runs sharing its
+    ``lenet_core.packed.pack_key``) as one pack, in a Ray worker, placed."""
+    from lenet_core.packed import train_packed
+
+    return [run_output(result) for result in train_packed([run.config for run in runs], data)]
+
+
+def run_output(result: TrialResult) -> RunOutput:
+    """What a sweep keeps of a trained run, alone or packed: summary and history, no weights."""
     return RunOutput(summary=result.summary(), history=result.history)
 
 
@@ -79,7 +91,8 @@ class RunStore:
 
 
 def run_sweep(plan: SweepPlan, *, context: RunContext) -> SweepResults:
-    """Run every grid point x seed (``--resume`` reads finished runs back from ``runs/``), then
+    """Run every grid point x seed (``--resume`` reads finished runs back from ``runs/``; runs of
+    one shape train as packs of up to ``context.pack``, one Ray task each), then
     write runs, epochs, summary (the reference chosen by validation, every other point tested
     against it on test error), the select and compare_at views, the ANOVA of a factorial grid and
     figures to OUT/NAME/."""
@@ -87,12 +100,20 @@ def run_sweep(plan: SweepPlan, *, context: RunContext) -> SweepResults:
     with context.stage_folder(STAGE) as folder:
 
         def tables(outputs: dict[str, RunOutput]) -> SweepResults:
-            results = dataclasses.replace(sweep_results(plan, runs, outputs, context.data), folder=folder)
+            results = sweep_results(plan, runs, outputs, context.data)
+            results = dataclasses.replace(results, folder=folder, run={**results.run, "pack": context.pack})
             results.write(folder)
             return results
 
         return run_units(
-            runs, work=train_run, store=RunStore(folder), context=context, label="runs", then=tables
+            runs,
+            work=train_run,
+            work_pack=train_runs,  # runs sharing a pack_key (a condition's seeds) train as packs
+            pack=context.pack,
+            store=RunStore(folder),
+            context=context,
+            label="runs",
+            then=tables,
         )
 
 
@@ -156,6 +177,8 @@ def _row(planned: Planned, run_id: int, output: RunOutput, images: dict[int, int
         "data_checksum": summary["data_checksum"],
         "node_ip": summary.get("node_ip", ""),
         "node_id": summary.get("node_id", ""),
+        # runs trained together in its task (1: alone); its seconds are its share of the pack's
+        "pack_size": summary.get("pack_size", 1),
         CONFIG_COLUMN: json.dumps(summary["config"]),  # as it ran, JSON as in every table
     }
 

@@ -17,7 +17,9 @@ table's ``trial`` - 1):
   FAIL (diverged, collapsed, errored: no value), RUNNING (unfinished in an interrupted study,
   which a resume runs again);
 - user attrs: trial_id (Tune's), trial, status, test_acc, best_val_acc, final_val_acc,
-  epochs_run, seconds, and error when there was one.
+  epochs_run, seconds, and error when there was one; with ``--seeds-per-trial`` the value,
+  best_val_acc and test_acc are means over the seeds, and seeds, best_val_acc_std and
+  test_acc_std are there too.
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ def _user_attrs(row: dict[str, Any]) -> dict[str, Any]:
         "epochs_run": row["epochs_run"],
         "seconds": row["wall_s"],
     }
+    # --seeds-per-trial: the value and test_acc are means over the seeds; their spreads
+    attrs.update({k: row[k] for k in ("seeds", "best_val_acc_std", "test_acc_std") if k in row})
     if row.get("error"):
         attrs["error"] = row["error"]
     return {key: _plain(value) for key, value in attrs.items()}

@@ -26,9 +26,16 @@ def tune_section(results: TuneResults, root: Path) -> list[str]:
             f"batch {config.batch_size}, {config.lr_schedule} lr schedule, patience {config.patience}, "
             f"augmentation {config.augment}"
         )
+        seeds = int(results.identity.get("seeds_per_trial", 1) or 1)
+        spread = (
+            f" (means over its {seeds} seeds, std {pct(best['best_val_acc_std'])} and "
+            f"{pct(best['test_acc_std'])})"
+            if seeds > 1 and "best_val_acc_std" in best.index
+            else ""
+        )
         lines.append(
             f"The best completed trial by validation accuracy ({setting}) reached validation accuracy "
-            f"{pct(best['best_val_acc'])} and test accuracy {pct(best['test_acc'])}; one search "
+            f"{pct(best['best_val_acc'])} and test accuracy {pct(best['test_acc'])}{spread}; one search "
             "run selects it, so its margin over the runner-up is not a tested difference."
         )
     params = list(results.space.params)

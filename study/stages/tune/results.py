@@ -215,7 +215,9 @@ class TuneResults:
                     "wall_s",
                     "images_per_s",
                 )
-            },
+            }
+            # --seeds-per-trial: the spreads over the seeds behind the means
+            | {k: best[k] for k in ("seeds", "best_val_acc_std", "test_acc_std") if k in best.index},
             "seed": config.seed,
             "data_checksum": self.identity["data_checksum"],
             "versions": self.run.get("versions", {}),

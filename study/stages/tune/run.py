@@ -1,7 +1,8 @@
 """`study tune`: Ray Tune schedules trials, Optuna (TPE) proposes them, ASHA stops poor ones.
 
-Each trial is one call of ``lenet_core.train.train_trial``; its per-epoch rows go to Tune with
-``tune.report``. The dataset is loaded once by the driver and handed to every trial through
+Each trial is one call of ``lenet_core.train.train_trial``, or with ``--seeds-per-trial S`` one
+pack of S seeds (``lenet_core.packed.train_packed``) judged by their mean; its per-epoch rows go
+to Tune with ``tune.report``. The dataset is loaded once by the driver and handed to every trial through
 Ray's object store (``tune.with_parameters``), where its uint8 arrays are read zero-copy.
 """
 
@@ -26,6 +27,7 @@ from study.common.console import StudyInterrupted
 from study.common.context import RunContext
 from study.common.files import provenance, read_json, write_json
 from study.common.results import read_run_info
+from study.common.selection import SELECTION_METRIC
 from study.stages.tune.optuna_store import quiet_optuna
 from study.stages.tune.results import RAY_FOLDER, STUDY_FILE, StudyEnd, TuneResults, duration_text
 from study.stages.tune.space import GRACE_PERIOD, REDUCTION_FACTOR, SearchSpace, sampled_config
@@ -48,7 +50,10 @@ IDENTITY_KEYS = (
     "grace_period",
     "reduction_factor",
     "time_budget_s",
+    "seeds_per_trial",
 )
+# What a study.json written before seeds_per_trial existed ran with: one seed per trial.
+LEGACY_SEEDS_PER_TRIAL = 1
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class TuneSettings:
     # factor between rungs (only the top 1/F of the trials at a rung continue).
     grace_period: int = GRACE_PERIOD
     reduction_factor: float = REDUCTION_FACTOR
+    # Seeds each trial trains its config on (seed, seed + 1, ...), as one pack; its score is their
+    # mean. 1: one train_trial, as before.
+    seeds_per_trial: int = 1
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -85,10 +93,24 @@ class TuneSettings:
         budget = self.time_budget_s
         if budget is not None and not (math.isfinite(budget) and budget > 0):
             raise ConfigError(f"--time-budget must be a positive duration, got {budget} s")
+        seeds = self.seeds_per_trial
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise ConfigError(f"--seeds-per-trial must be a whole number >= 1, got {seeds!r}")
 
     def grace_epochs(self, epochs: int) -> int:
         """The grace period ASHA runs with: never more than the epoch cap (``epochs``)."""
         return min(self.grace_period, epochs)
+
+
+def check_seeds_packable(base: TrialConfig, seeds: int) -> None:
+    """--seeds-per-trial S > 1 trains each trial's seeds as one pack: refuse a base config that
+    cannot pack (a ResNet, fp16), in one line, before anything starts."""
+    from lenet_core.packed import check_packable
+
+    try:
+        check_packable([base.replace(seed=base.seed + i) for i in range(seeds)])
+    except ConfigError as exc:
+        raise ConfigError(f"--seeds-per-trial {seeds} trains the seeds as one pack: {exc}") from None
 
 
 def parse_duration(text: str) -> float:
@@ -121,6 +143,7 @@ def study_identity(
         "scheduler": settings.scheduler,
         **asha_identity(settings, base.epochs),
         "time_budget_s": settings.time_budget_s,
+        "seeds_per_trial": settings.seeds_per_trial,
     }
 
 
@@ -180,7 +203,7 @@ def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> boo
         raise StudyError(f"--resume: no study to resume in {folder}")
     saved = read_json(folder / STUDY_FILE, what="study file")
     legacy = LEGACY_ASHA if saved.get("scheduler") == "asha" else dict.fromkeys(LEGACY_ASHA)
-    saved = {**legacy, **saved}
+    saved = {**legacy, "seeds_per_trial": LEGACY_SEEDS_PER_TRIAL, **saved}
     # Tune restores the time budget and the scheduler the study started with, whatever a resume
     # asks: refuse another.
     for key in IDENTITY_KEYS:
@@ -217,7 +240,13 @@ def build_tuner(
     from ray.tune.search.optuna import OptunaSearch
 
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, data=data, base=base, probe_memory=probe_memory),
+        tune.with_parameters(
+            tune_trainable,
+            data=data,
+            base=base,
+            probe_memory=probe_memory,
+            seeds_per_trial=settings.seeds_per_trial,
+        ),
         plan.as_ray_resources(),
     )
     storage = str(folder.resolve())
@@ -338,6 +367,8 @@ def run_study(
     stopped before every trial ended; a spent ``--time-budget`` is a normal end, not that.
     """
     identity = study_identity(base, space, settings, context.data)
+    if settings.seeds_per_trial > 1:
+        check_seeds_packable(base, settings.seeds_per_trial)
     with context.stage_folder(STAGE) as folder:
         resuming = check_resume(folder, identity, resume=context.resume)
         results = _fit(
@@ -394,6 +425,11 @@ def _fit(
         )
         if settings.scheduler == "asha":
             say(asha_text(settings, base.epochs))
+        if settings.seeds_per_trial > 1:
+            say(
+                f"each trial trains its config on {settings.seeds_per_trial} seeds as one pack and is "
+                f"scored by their mean {SELECTION_METRIC}"
+            )
         progress = TrialProgress(
             settings.trials, on_trial_done, epochs=base.epochs, started=started, console=console()
         )
@@ -418,7 +454,11 @@ def _fit(
             time.monotonic() - fit_started >= settings.time_budget_s
         )
         trials, epochs = collect_results(
-            grid, params=list(space.params), data=data, sampled=lambda p: sampled_config(base, p)
+            grid,
+            params=list(space.params),
+            data=data,
+            sampled=lambda p: sampled_config(base, p),
+            seeds_per_trial=settings.seeds_per_trial,
         )
         results = study_results(
             trials, epochs, identity=identity, settings=settings, budget_spent=budget_spent, data=data
@@ -453,5 +493,6 @@ def study_results(
         # collapsed like a pruned one (an interrupted study's unfinished trials run again on resume).
         trials = mark_collapsed(trials, data=data, statuses=(Status.UNFINISHED,))
     asha = {key: identity.get(key) for key in ("scheduler", "grace_period", "reduction_factor")}
+    asha["seeds_per_trial"] = settings.seeds_per_trial
     run = provenance(data, kind=STAGE, **asha, **end.to_dict())
     return TuneResults(trials=expand_configs(trials), epochs=epochs, identity=identity, end=end, run=run)

@@ -18,7 +18,7 @@ from lenet_core.config import from_dict
 from lenet_core.data import ImageData
 from lenet_core.status import FAILED, Status
 from study.common.selection import SELECTION_METRIC
-from study.stages.tune.trial import CONFIG_KEY
+from study.stages.tune.trial import CONFIG_KEY, SEED_STD_COLUMNS, SEEDS, TEST_ACC_STD, VAL_ACC_STD
 
 MEMORY_COLUMNS = ("worker_rss_mb", "worker_uss_mb", "data_private_mb", "data_zero_copy")
 EPOCH_COLUMNS = [
@@ -65,8 +65,14 @@ def last_attempt(history: pd.DataFrame | None) -> pd.DataFrame | None:
     return history.iloc[restarts[-1] :] if len(restarts) else history
 
 
-def trial_row(result: Any, *, params: list[str], data: ImageData, fallback_config: str) -> dict[str, Any]:
-    """One trial's row: its sampled values, status, metrics, where and when it ran, its config."""
+def trial_row(
+    result: Any, *, params: list[str], data: ImageData, fallback_config: str, seeds_per_trial: int = 1
+) -> dict[str, Any]:
+    """One trial's row: its sampled values, status, metrics, where and when it ran, its config.
+
+    A trial over S > 1 seeds (``--seeds-per-trial``) reported their means: its ``best_val_acc``
+    (the selection metric) is the mean over the seeds of each one's best validation accuracy, its
+    ``test_acc`` their mean, each with its spread (``*_std``) and ``seeds``."""
     metrics = dict(result.metrics or {})
     trial_id = str(metrics.get("trial_id") or Path(str(result.path)).name)
     status = trial_status(metrics, errored=result.error is not None)
@@ -74,16 +80,28 @@ def trial_row(result: Any, *, params: list[str], data: ImageData, fallback_confi
     config = json.loads(config_json) if config_json else {}
     history = last_attempt(result.metrics_dataframe)
     has_history = history is not None and len(history) > 0
+    selection = float(history["val_acc"].max()) if has_history else math.nan
+    over_seeds: dict[str, Any] = {}
+    if seeds_per_trial > 1:
+        selection = float(metrics.get(SELECTION_METRIC, math.nan)) if has_history else math.nan
+        over_seeds = {
+            SEEDS: seeds_per_trial,
+            **{key: float(metrics.get(key, math.nan)) for key in SEED_STD_COLUMNS},
+        }
+        if not status.ended:  # never tested, as its test_acc
+            over_seeds[TEST_ACC_STD] = math.nan
     return {
         "trial_id": trial_id,
         **{name: config.get(name) for name in params},
         "status": str(status),
         "epochs_run": int(metrics.get("epoch", 0) or 0),
-        # the selection metric: the best epoch's validation accuracy (NaN when it never reported)
-        SELECTION_METRIC: float(history["val_acc"].max()) if has_history else math.nan,
+        # the selection metric: the best epoch's validation accuracy (NaN when it never reported);
+        # over seeds, the mean of each seed's
+        SELECTION_METRIC: selection,
         "final_val_acc": metrics.get("val_acc", math.nan),
         # a pruned trial was never tested: its test accuracy is not a result
         "test_acc": metrics.get("test_acc", math.nan) if status.ended else math.nan,
+        **over_seeds,
         "wall_s": metrics.get("time_total_s", math.nan),
         # precise wall-clock times (unix seconds) taken in the worker: which trials overlapped
         "start_time": metrics.get("started_at", math.nan),
@@ -100,24 +118,28 @@ def trial_row(result: Any, *, params: list[str], data: ImageData, fallback_confi
 
 
 def collect_results(
-    grid: Any, *, params: list[str], data: ImageData, sampled: Any
+    grid: Any, *, params: list[str], data: ImageData, sampled: Any, seeds_per_trial: int = 1
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, epochs) from Tune's ResultGrid: one row per trial, and per trial-epoch.
 
     ``sampled(params) -> TrialConfig`` rebuilds the config of a trial that failed before it
-    reported anything (its worker never said what ran).
+    reported anything (its worker never said what ran). With ``seeds_per_trial`` > 1 the rows
+    are means over the seeds, with their spreads (``trial_row``; epochs: ``val_acc_std``).
     """
+    epoch_columns = [*EPOCH_COLUMNS, VAL_ACC_STD] if seeds_per_trial > 1 else EPOCH_COLUMNS
     trial_rows, epoch_frames = [], []
     for result in grid:
         fallback = ""
         if not (result.metrics or {}).get(CONFIG_KEY):
             sampled_params = {k: v for k, v in (result.config or {}).items() if k in params}
             fallback = json.dumps(sampled(sampled_params).to_dict())
-        row = trial_row(result, params=params, data=data, fallback_config=fallback)
+        row = trial_row(
+            result, params=params, data=data, fallback_config=fallback, seeds_per_trial=seeds_per_trial
+        )
         trial_rows.append(row)
         history = last_attempt(result.metrics_dataframe)
         if history is not None and len(history):
-            frame = history[[c for c in EPOCH_COLUMNS if c in history.columns]].copy()
+            frame = history[[c for c in epoch_columns if c in history.columns]].copy()
             frame.insert(0, "trial_id", row["trial_id"])
             epoch_frames.append(frame)
     # Number trials in the order they started (Tune hands them out in the searcher's order);
@@ -128,7 +150,7 @@ def collect_results(
     epochs = (
         pd.concat(epoch_frames, ignore_index=True)
         if epoch_frames
-        else pd.DataFrame(columns=["trial_id", *EPOCH_COLUMNS])
+        else pd.DataFrame(columns=["trial_id", *epoch_columns])
     )
     return trials, epochs
 

@@ -278,14 +278,19 @@ def test_a_legacy_per_class_table_reads_back_with_named_classes(tmp_path, name, 
     the worst classes from it."""
     from study.stages.ensemble.report import ensemble_section
 
-    folder = PROJECT_ROOT / "results" / name / "ensemble"
-    assert "digit" in pd.read_parquet(folder / "per_class.parquet").columns  # the legacy form
+    import shutil
+
+    folder = tmp_path / "legacy" / name / "ensemble"
+    shutil.copytree(PROJECT_ROOT / "results" / name / "ensemble", folder)
+    table = pd.read_parquet(folder / "per_class.parquet")  # as earlier versions wrote it:
+    legacy = table.rename(columns={"class": "digit"}).drop(columns=["class_name"], errors="ignore")
+    legacy.to_parquet(folder / "per_class.parquet", index=False)
     results = EnsembleResults.read(folder)
     per_class = results.per_class
     assert list(per_class.columns[:2]) == ["class", "class_name"] and "digit" not in per_class
     assert per_class["class_name"].iloc[0] == first
-    results.write_tables(tmp_path)
-    again = EnsembleResults.read(tmp_path)  # no run.json here: the names come from the table
+    results.write_tables(tmp_path / "again")
+    again = EnsembleResults.read(tmp_path / "again")  # no run.json here: the names come from the table
     pd.testing.assert_frame_equal(again.per_class, per_class)
     text = "\n".join(ensemble_section(results, folder.parent))
     assert sentence in text
