@@ -276,9 +276,9 @@ def test_a_legacy_per_class_table_reads_back_with_named_classes(tmp_path, name, 
     """Committed runs wrote the label as ``digit``: read back, it is ``class`` with ``class_name``
     beside it (Fashion-MNIST's names; MNIST's digits), it writes in that form, and the report names
     the worst classes from it."""
-    from study.stages.ensemble.report import ensemble_section
-
     import shutil
+
+    from study.stages.ensemble.report import ensemble_section
 
     folder = tmp_path / "legacy" / name / "ensemble"
     shutil.copytree(PROJECT_ROOT / "results" / name / "ensemble", folder)
