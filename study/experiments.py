@@ -159,7 +159,8 @@ class Experiment:
         or members, at most 2 values of each swept list and 2 fractions."""
         return replace(
             self,
-            fixed={**self.fixed, "epochs": SMOKE["epochs"]},
+            # a swept epochs list is capped by epoch_cap instead: fixing it too would refuse the file
+            fixed=self.fixed if self._sweeps("epochs") else {**self.fixed, "epochs": SMOKE["epochs"]},
             seeds=SMOKE["seeds"],
             sweep=[{k: self._smoke_values(k, v) for k, v in grid.items()} for grid in self.sweep],
             fractions=_fewest(self.fractions, keep=None),
@@ -169,6 +170,9 @@ class Experiment:
             resnet_epochs=min(self.resnet_epochs, SMOKE["epochs"]) if self.resnet_epochs else 0,
             epoch_cap=SMOKE["epochs"],
         )
+
+    def _sweeps(self, key: str) -> bool:
+        return any(key in grid for grid in self.sweep)
 
     def _smoke_values(self, key: str, values: list[Any]) -> list[Any]:
         # the compare_at value stays, or its view would be empty
