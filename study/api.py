@@ -13,7 +13,6 @@ and returns that stage's results type. Bad input raises ``lenet_core.StudyError`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from lenet_core.config import TrialConfig, from_dict
 from lenet_core.errors import StudyError
 from study.common.cluster import ClusterOptions
 from study.common.context import DEFAULT_PACK, RunContext, check_pack
+from study.common.files import default_run_name
 
 if TYPE_CHECKING:
     from lenet_core.data import ImageData
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
     from study.stages.ensemble.results import EnsembleResults
     from study.stages.tune.results import TuneResults
     from study.stages.tune.space import SearchSpace
-
-
-def default_name(stage: str, dataset: str) -> str:
-    return f"{stage}-{dataset}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def context_for(
@@ -52,7 +48,7 @@ def context_for(
     return RunContext(
         data=data,
         out=Path(out),
-        name=name or default_name(stage, data.name),
+        name=name or default_run_name(stage, data.name),
         cluster=cluster or ClusterOptions(),
         resume=resume,
         overwrite=overwrite,

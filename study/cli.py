@@ -634,7 +634,7 @@ def report(
 
     if previous is not None and not previous.is_dir():
         raise StudyError(f"--previous {previous} is not a results folder")
+    results = load(folder)
     if reanalyse:
-        results = load(folder)
         results.write(results.folder)
-    console().print(f"-> {write_report(folder, previous=previous)}")
+    console().print(f"-> {write_report(folder, previous=previous, results=results)}")

@@ -31,6 +31,9 @@ STAGE_FOLDERS: dict[str, tuple[str, str]] = {
     "ensemble": ("ensemble", f"{MEMBERS}.parquet"),
     "train": ("train", RESULT_FILE),
 }
+# Where best_config looks first: the tuned best trial, the sweep's best condition, the train run,
+# the ensemble members' config.
+ANSWER_ORDER = ("tune", "sweep", "train", "ensemble")
 STAGE_TYPES: dict[str, Any] = {
     "sweep": SweepResults,
     "tune": TuneResults,
@@ -52,36 +55,34 @@ class StudyResults:
 
     def stages(self) -> list[StageResults]:
         """The stages present, in report order: sweep, tune, ensemble, train."""
-        return [s for s in (self.sweep, self.tune, self.ensemble, self.train) if s is not None]
+        return [stage for _, stage in self._named()]
+
+    def _named(self) -> list[tuple[str, Any]]:
+        """(stage name, results) of the stages present, in STAGE_FOLDERS' (report) order."""
+        return [(name, getattr(self, name)) for name in STAGE_FOLDERS if getattr(self, name) is not None]
 
     @property
     def best_config(self) -> TrialConfig | None:
         """The study's answer as a config: the tuned best trial, else the sweep condition with the
         best mean validation accuracy, else the train run's or the ensemble members' config.
         Always chosen on validation, never test."""
-        for stage in self.stages_by_answer():
-            config = stage.best_config
+        present = dict(self._named())
+        for name in ANSWER_ORDER:
+            config = present[name].best_config if name in present else None
             if config is not None:
                 return config
         return None
 
-    def stages_by_answer(self) -> list[Any]:
-        return [s for s in (self.tune, self.sweep, self.train, self.ensemble) if s is not None]
-
     def write(self, folder: Path) -> None:
         """Every stage's files under ``folder``, as the stages wrote them."""
-        for name, stage in zip(("sweep", "tune", "ensemble", "train"), self._all(), strict=True):
-            if stage is not None:
-                target = folder / STAGE_FOLDERS[name][0]
-                target.mkdir(parents=True, exist_ok=True)
-                stage.write(target)
+        for name, stage in self._named():
+            target = folder / STAGE_FOLDERS[name][0]
+            target.mkdir(parents=True, exist_ok=True)
+            stage.write(target)
         if self.run and self.sweep is None:  # a sweep's run.json is its own, written above
             from study.common.results import write_run_info
 
             write_run_info(folder, self.run)
-
-    def _all(self) -> tuple[Any, ...]:
-        return (self.sweep, self.tune, self.ensemble, self.train)
 
 
 def load(path: str | Path) -> StudyResults:

@@ -83,9 +83,12 @@ def earlier_claims(stage: StageResults, previous: Path) -> list[str]:
     return earlier_claims_section(tables, stage, source=source)
 
 
-def write_report(root: Path, *, previous: Path | None = None) -> Path:
-    """Write ROOT/REPORT.md from the results in ROOT (a study or experiment folder)."""
-    results = load(root)
+def write_report(
+    root: Path, *, previous: Path | None = None, results: StudyResults | None = None
+) -> Path:
+    """Write ROOT/REPORT.md from the results in ROOT (a study or experiment folder); ``results``
+    when the caller has them already (read or just written)."""
+    results = results if results is not None else load(root)
     path = results.folder / REPORT_FILE
     write_text(path, "\n".join(report_lines(results, previous=previous)) + "\n")
     return path

@@ -20,7 +20,6 @@ from study.common.files import run_folder
 if TYPE_CHECKING:  # torch-free: the CLI builds a context before anything trains
     from lenet_core.data import ImageData
 
-ROOT_STAGE = "."  # an experiment's own tables (a sweep) sit in OUT/NAME itself
 # Models of one shape trained together in one Ray task (lenet_core.packed): at most this many per
 # pack unless --pack/--no-pack says otherwise. `study bench --pack` measured 1.36x the images/s of
 # one model after another at K = 5 on a CPU core, levelling off above about 4; a GPU keeps the

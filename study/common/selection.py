@@ -13,7 +13,6 @@ from collections.abc import Iterable
 
 SELECTION_METRIC = "best_val_acc"
 SELECTION_MODE = "max"
-SELECTION_TEXT = "validation accuracy of the best validation epoch (the weights kept)"
 
 
 def running_best(val_accs: Iterable[float]) -> float:

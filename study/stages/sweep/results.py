@@ -56,7 +56,6 @@ EPOCHS = "epochs"
 SUMMARY = "summary"
 SELECTION, SELECTED, COMPARE_AT, ANOVA = "selection", "selected", "compare_at", "anova"
 VIEWS = (SELECTION, SELECTED, COMPARE_AT, ANOVA)
-SUMMARY_VIEWS = (SELECTED, COMPARE_AT)  # shaped like the summary: one row per condition
 # Tables written before the one selection metric was named called it val_acc.
 LEGACY_COLUMNS = {"val_acc": SELECTION_METRIC, "val_acc_mean": SELECTION_MEAN, "val_acc_std": SELECTION_STD}
 
