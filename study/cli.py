@@ -629,12 +629,8 @@ def report(
     Works for tune, ensemble, train and experiment folders; every sentence is computed from the
     numbers in the folder.
     """
-    from study.reader import load
     from study.writeup import write_report
 
     if previous is not None and not previous.is_dir():
         raise StudyError(f"--previous {previous} is not a results folder")
-    results = load(folder)
-    if reanalyse:
-        results.write(results.folder)
-    console().print(f"-> {write_report(folder, previous=previous, results=results)}")
+    console().print(f"-> {write_report(folder, previous=previous, reanalyse=reanalyse)}")

@@ -83,12 +83,15 @@ def earlier_claims(stage: StageResults, previous: Path) -> list[str]:
     return earlier_claims_section(tables, stage, source=source)
 
 
-def write_report(
-    root: Path, *, previous: Path | None = None, results: StudyResults | None = None
-) -> Path:
-    """Write ROOT/REPORT.md from the results in ROOT (a study or experiment folder); ``results``
-    when the caller has them already (read or just written)."""
-    results = results if results is not None else load(root)
+def write_report(root: Path, *, previous: Path | None = None, reanalyse: bool = False) -> Path:
+    """Write ROOT/REPORT.md from the results in ROOT (a study or experiment folder). With
+    ``reanalyse``, first rewrite the folder's tables and the figures drawn from them with this
+    version's statistics; the report is composed before anything is written, so bad input (an
+    unrelated ``previous``) leaves the folder as it was."""
+    results = load(root)
+    lines = report_lines(results, previous=previous)
+    if reanalyse:
+        results.write(results.folder)
     path = results.folder / REPORT_FILE
-    write_text(path, "\n".join(report_lines(results, previous=previous)) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from lenet_core.errors import StudyError
 from study.common.report import figure_links as _figures
 from study.common.report import md as _md
 from study.common.report import pct as _pct
@@ -282,6 +283,12 @@ def earlier_claims(previous: dict[str, pd.DataFrame], results: SweepResults) -> 
         old, new = previous.get(view), current.get(view)
         if old is None or new is None or "verdict" not in old or "verdict" not in new:
             continue
+        missing = [column for column in swept if column not in old]
+        if missing:
+            raise StudyError(
+                f"the earlier run is not one of this experiment: its {view} table has no "
+                f"{', '.join(missing)} column (this run sweeps {', '.join(swept)})"
+            )
         now = {label_of(r, swept): r for _, r in new.iterrows()}
         for _, r in old.iterrows():
             label = label_of(r, swept)

@@ -298,3 +298,16 @@ def test_earlier_claims_are_set_beside_this_runs_verdicts():
     assert table.loc["optimizer=sgd", "survived"] == "yes"
     rmsprop = table.loc["optimizer=rmsprop", ["earlier", "now", "survived"]].tolist()
     assert rmsprop == ["worse", "reference", "no"]
+
+
+def test_an_earlier_run_of_another_experiment_is_one_clear_error():
+    from types import SimpleNamespace
+
+    from lenet_core.errors import StudyError
+    from study.stages.sweep.report import earlier_claims
+
+    other = pd.DataFrame({"lr": [0.001], "n": [5], "verdict": ["best"]})
+    now = pd.DataFrame({"epochs": [20], "n": [10], "verdict": ["reference"]})
+    results = SimpleNamespace(summary=now, selected=None, compared_at=None, swept=["epochs"])
+    with pytest.raises(StudyError, match="no epochs column"):
+        earlier_claims({"summary": other}, results)
