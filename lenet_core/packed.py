@@ -431,10 +431,7 @@ def train_packed_epoch(
             logits = pack(x)  # (K, b, 10)
             # each lane's loss as train_one_epoch computes it (autocast runs it in fp32)
             losses = torch.stack(
-                [
-                    training_loss(logits[j], y[j], lane.config)
-                    for j, lane in enumerate(lanes)
-                ]
+                [training_loss(logits[j], y[j], lane.config) for j, lane in enumerate(lanes)]
             )
         pack.zero_grad()
         # the sum of the lanes' losses: a lane's gradient is that of its own loss

@@ -55,11 +55,14 @@ summary compares the fractions within each budget.
 Tune (``kind = "tune"``): ``trials``, ``[space]`` and ``[fixed]`` as in a space file, and ASHA's
 ``grace_period`` (epochs every trial trains before it may be stopped, default 3, clipped to the
 epochs) and ``reduction_factor`` (only the top 1/F at each rung continue, default 3), as
-``study tune --grace-period/--reduction-factor``.
+``study tune --grace-period/--reduction-factor``; ``seeds_per_trial`` (default 1) trains each
+trial's config on that many seeds as one pack and scores it by their mean, as
+``study tune --seeds-per-trial``.
 
 Tune, then ensemble (``kind = "tune-ensemble"``): the tune keys (``trials``, ``grace_period``,
-``reduction_factor``, ``[space]``, ``[fixed]``) and the ensemble keys (``members``, ``repeats``,
-``resample``, ``resnet``, ``resnet_precision``, ``resnet_epochs``) in one file. The study runs
+``reduction_factor``, ``seeds_per_trial``, ``[space]``, ``[fixed]``) and the ensemble keys
+(``members``, ``repeats``, ``resample``, ``resnet``, ``resnet_precision``, ``resnet_epochs``) in
+one file. The study runs
 first (OUT/NAME/tune); its best completed trial by validation accuracy (``tune/best.json``) is
 the config of every ensemble member (OUT/NAME/ensemble), as ``study ensemble --from OUT/NAME``
 would. ``--resume`` skips a study that already ended and reuses the members already trained.
@@ -101,7 +104,16 @@ KEYS = {
         "reference",
     },
     "data-fraction": {"kind", "description", "seeds", "fixed", "fractions", "equal_steps"},
-    "tune": {"kind", "description", "trials", "grace_period", "reduction_factor", "fixed", "space"},
+    "tune": {
+        "kind",
+        "description",
+        "trials",
+        "grace_period",
+        "reduction_factor",
+        "seeds_per_trial",
+        "fixed",
+        "space",
+    },
     "ensemble": {
         "kind",
         "description",
@@ -143,6 +155,7 @@ class Experiment:
     trials: int = 20
     grace_period: int = GRACE_PERIOD  # ASHA: epochs before a trial may be stopped (clipped to epochs)
     reduction_factor: float = REDUCTION_FACTOR  # ASHA: the top 1/F at a rung continue
+    seeds_per_trial: int = 1  # each trial's config trains on this many seeds as one pack
     space: dict[str, Any] = field(default_factory=dict)
     members: int = 5
     repeats: int = 1
@@ -162,6 +175,7 @@ class Experiment:
             # a swept epochs list is capped by epoch_cap instead: fixing it too would refuse the file
             fixed=self.fixed if self._sweeps("epochs") else {**self.fixed, "epochs": SMOKE["epochs"]},
             seeds=SMOKE["seeds"],
+            seeds_per_trial=SMOKE["seeds"],
             sweep=[{k: self._smoke_values(k, v) for k, v in grid.items()} for grid in self.sweep],
             fractions=_fewest(self.fractions, keep=None),
             trials=min(self.trials, SMOKE["trials"]),
@@ -461,6 +475,7 @@ def _check_types(values: dict[str, Any], where: str) -> None:
         "trials": int,
         "grace_period": int,
         "reduction_factor": float,
+        "seeds_per_trial": int,
         "space": dict,
         "members": int,
         "repeats": int,
@@ -521,6 +536,7 @@ def _run_tune(experiment: Experiment, context: RunContext) -> None:
         trials=experiment.trials,
         grace_period=experiment.grace_period,
         reduction_factor=experiment.reduction_factor,
+        seeds_per_trial=experiment.seeds_per_trial,
     )
     run_study(base=base, space=space, settings=settings, context=context)
 

@@ -63,7 +63,6 @@ class TrainResults:
         )
 
 
-
 def train_section(results: TrainResults, root: Path) -> list[str]:
     """The train stage's section of REPORT.md."""
     from study.common.report import md, pct

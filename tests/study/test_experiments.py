@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from lenet_core.errors import ConfigError
 from study.cli import app
+from study.common.context import RunContext
 from study.experiments import EQUAL_EPOCHS, EQUAL_STEPS, load_experiment, parse_experiment
 from study.stages.sweep.tables import select_by_validation, selected_view
 from tests.conftest import PROJECT_ROOT
@@ -416,11 +417,34 @@ def test_fashion_file_tunes_the_full_space_then_ensembles_the_best():
     assert experiment.resnet == "resnet18" and experiment.resnet_precision == "bf16"
     base = experiment.base_config()
     specs = experiment.ensemble_plan().specs([base], base)
-    assert {(s.config.model, s.config.epochs) for s in specs} == {("lenet5", 20), ("resnet18", 5)}
-    assert experiment.smoke().resnet_epochs == 1
+    assert {(s.config.model, s.config.epochs) for s in specs} == {("lenet5", 30), ("resnet18", 5)}
+    assert experiment.repeats == 3 and experiment.seeds_per_trial == 2
+    assert experiment.smoke().resnet_epochs == 1 and experiment.smoke().seeds_per_trial == 1
     published = {a["model"]: a["test_acc"] for a in experiment.anchor}
     assert published["human"] == 0.835 and published["2 conv + max pooling"] == [0.876, 0.916]
     assert len(published) == 5 and experiment.anchor_source
+
+
+def test_a_tune_files_search_settings_reach_the_study(monkeypatch, tmp_path, digits):
+    import study.stages.tune.run as tune_run
+    from study.experiments import execute
+
+    seen = {}
+    monkeypatch.setattr(tune_run, "run_study", lambda **kwargs: seen.update(kwargs))
+    raw = {
+        "kind": "tune",
+        "trials": 4,
+        "grace_period": 2,
+        "reduction_factor": 4,
+        "seeds_per_trial": 3,
+        "fixed": {"dataset": "digits", "epochs": 6},
+        "space": {"lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+    }
+    context = RunContext(data=digits, out=tmp_path, name="t")
+    execute(parse_experiment(raw, name="t"), context=context)
+    settings = seen["settings"]
+    assert (settings.trials, settings.grace_period, settings.reduction_factor) == (4, 2, 4.0)
+    assert settings.seeds_per_trial == 3 and seen["base"].epochs == 6
 
 
 @pytest.mark.slow
@@ -548,6 +572,9 @@ def test_anchor_table_puts_ours_in_bold_among_published_rows_by_accuracy():
         ({"kind": "ensemble", "repeats": "3"}, "repeats must be int"),
         ({"kind": "ensemble", "anchor": []}, "unknown key 'anchor'"),
         ({"kind": "ensemble", "resnet_epochs": 0}, "resnet_epochs must be >= 1"),
+        ({"kind": "tune", "seeds_per_trial": 0}, "seeds_per_trial must be >= 1"),
+        ({"kind": "tune", "seeds_per_trial": 2.0}, "seeds_per_trial must be int"),
+        ({"kind": "ensemble", "seeds_per_trial": 2}, "unknown key 'seeds_per_trial'"),
         ({"kind": "tune-ensemble", "members": 1, "space": {"lr": {"low": 0.1, "high": 1.0}}}, "vote"),
         ({"kind": "tune-ensemble", "anchor": [{"model": "x", "test_acc": 0.9}]}, "need anchor_source"),
         (ANCHORED | {"anchor": [{"model": "x", "test_acc": 92.5}]}, "test_acc must be a fraction"),

@@ -114,7 +114,7 @@ class EnsemblePlan:
     resample: str = "bootstrap"  # "none": the seed ensemble and the single model only
     resnet: str = "resnet18"
     resnet_precision: str | None = None  # None: the members' precision
-    resnet_epochs: int | None = None  # None: the members' epochs (patience applies to both)
+    resnet_epochs: int | None = None  # None: the members' epochs (the ResNet never stops early)
 
     def specs(self, configs: list[TrialConfig], base: TrialConfig) -> list[MemberSpec]:
         """Every model to train, members first, then the ResNet of each repeat."""

@@ -245,4 +245,3 @@ class TuneResults:
         return cls(
             trials=expand_configs(trials), epochs=epochs, identity=identity, end=end, run=run, folder=folder
         )
-

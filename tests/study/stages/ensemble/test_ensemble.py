@@ -58,6 +58,31 @@ def test_every_model_shares_one_validation_split(digits):
     assert len({s.config.seed for s in specs if s.group == "baseline"}) == 2
 
 
+def test_the_resnet_trains_one_fixed_recipe_whatever_the_members_were_tuned_to():
+    tuned = FAST.replace(
+        optimizer="rmsprop",
+        lr=0.0025,
+        lr_schedule="step",
+        lr_gamma=0.5,
+        lr_step_size=4,
+        warmup_epochs=1,
+        label_smoothing=0.1,
+        weight_decay=1e-3,
+        patience=6,
+        augment="flip",
+        batch_size=128,
+        epochs=20,
+    )
+    plan = EnsemblePlan(members=2, resnet="resnet18", resnet_epochs=5, resnet_precision="bf16")
+    (resnet,) = [s.config for s in plan.specs([tuned], tuned) if s.group == "baseline"]
+    assert (resnet.optimizer, resnet.lr, resnet.weight_decay, resnet.momentum) == ("adam", 1e-3, 0.0, None)
+    assert (resnet.lr_schedule, resnet.lr_step_size, resnet.warmup_epochs) == ("constant", None, 0)
+    assert (resnet.label_smoothing, resnet.patience) == (0.0, 0)  # no early stopping: a fixed budget
+    assert (resnet.epochs, resnet.precision) == (5, "bf16")  # the plan's budget, not the members'
+    # the members' data: the same split, batch size (steps per epoch) and augmentation
+    assert (resnet.dataset, resnet.batch_size, resnet.augment) == ("digits", 128, "flip")
+
+
 def test_bootstrap_bookkeeping_keeps_validation_out_and_oob_exact(digits):
     spec = [s for s in member_specs([FAST], 2, seed=0) if s.group == "bagged"][1]
     in_bag, oob = bagging_indices(spec, digits)

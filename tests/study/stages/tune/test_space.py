@@ -1,4 +1,3 @@
-
 import pytest
 
 from lenet_core.errors import ConfigError
