@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -211,8 +212,12 @@ def _mark_failed_ends(
 
 
 def _stopped_early(runs: pd.DataFrame) -> bool:
-    """Whether some run stopped before its budget, so a mean curve thins where it did."""
-    return "stopped_early" in runs and bool(runs["stopped_early"].fillna(False).astype(bool).any())
+    """Whether some ok run stopped before its budget, so a mean curve thins where it did (failed
+    runs are never in the means)."""
+    if "stopped_early" not in runs:
+        return False
+    ok = ~runs["status"].isin(FAILED_STATUSES) if "status" in runs else True
+    return bool((runs["stopped_early"].fillna(False).astype(bool) & ok).any())
 
 
 def facet_field(runs: pd.DataFrame, swept: list[str]) -> str | None:
@@ -275,7 +280,9 @@ def learning_curves(
     a 2x2 figure, or for a grid too large for one panel a row of the four per value of the
     field ``facet_field`` picks, each row with its own legend."""
     facet = facet_field(runs, swept)
-    note = f"training vs validation: {BAND} (losses: {LOG_BAND}); {THIN}"
+    note = f"training vs validation: {BAND} (losses: {LOG_BAND})" + (
+        f"; {THIN}" if _stopped_early(runs) else ""
+    )
     if facet is None:
         points = _grid_points(runs, epochs, swept)
         fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
@@ -418,6 +425,7 @@ def selection_plot(selection: pd.DataFrame, groups: list[str], field: str, path:
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     styles = series_styles()
     parts = selection.groupby(groups, sort=False, dropna=False) if groups else [((), selection)]
+    failed_at: dict[Any, int] = {}  # value -> how many groups' x marks already sit there
     for key, part in parts:
         key = key if isinstance(key, tuple) else (key,)
         colour, linestyle = next(styles)
@@ -436,9 +444,14 @@ def selection_plot(selection: pd.DataFrame, groups: list[str], field: str, path:
         chosen = part[part["selected"]]
         ax.scatter(chosen[field], chosen[SELECTION_MEAN], s=160, facecolors="none", edgecolors=colour)
         failed = part[part["n"] == 0]  # no ok seed: an x on the bottom edge, so the grid shows whole
+        # groups failing at one value are stacked upwards, or the last one drawn would hide the rest
+        heights = []
+        for value in failed[field]:
+            heights.append(0.03 + 0.05 * failed_at.get(value, 0))  # axes fraction
+            failed_at[value] = failed_at.get(value, 0) + 1
         ax.scatter(
             failed[field],
-            np.full(len(failed), 0.03),
+            heights,
             marker="x",
             s=50,
             color=colour,

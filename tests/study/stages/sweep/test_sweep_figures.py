@@ -151,3 +151,50 @@ def test_diverged_runs_beyond_the_axis_are_marked_on_its_edge_and_named(monkeypa
     assert "lr=0.1 (2 collapsed" in " ".join(t.get_text() for t in accuracy.texts)
     for fig in drawn:
         plt.close(fig)
+
+
+def test_groups_failing_at_one_value_each_keep_a_visible_mark(monkeypatch, tmp_path):
+    from study.stages.sweep.tables import SELECTION_MEAN, SELECTION_STD
+
+    # sgd and rmsprop both fail at lr 0.1: two x marks there, one above the other, not one on top
+    selection = pd.DataFrame(
+        {
+            "optimizer": ["sgd", "sgd", "rmsprop", "rmsprop", "adam", "adam"],
+            "lr": [0.01, 0.1, 0.01, 0.1, 0.01, 0.1],
+            SELECTION_MEAN: [0.95, np.nan, 0.96, np.nan, 0.97, 0.9],
+            SELECTION_STD: [0.01, np.nan, 0.01, np.nan, 0.01, 0.02],
+            "n": [3, 0, 3, 0, 3, 3],
+            "selected": [True, False, True, False, True, False],
+        }
+    )
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
+    figures.selection_plot(selection, ["optimizer"], "lr", tmp_path / "s.png", title="t")
+    [ax] = drawn[0].axes
+    marks = [
+        tuple(offset)
+        for collection in ax.collections
+        if isinstance(collection, PathCollection) and collection.get_offset_transform() != ax.transData
+        for offset in collection.get_offsets()
+    ]
+    assert len(marks) == 2 and len(set(marks)) == 2  # both failures at lr 0.1, at two heights
+    assert {x for x, _ in marks} == {0.1}
+    plt.close(drawn[0])
+
+
+def test_the_thin_line_note_appears_only_where_an_ok_run_stopped_early(monkeypatch, tmp_path):
+    metrics = {"train_loss": 1.0, "val_loss": 1.2, "train_acc": 0.6, "val_acc": 0.55}
+    runs = pd.DataFrame(
+        {"run": [0, 1], "seed": [0, 1], "lr": [0.1, 0.1], "status": ["completed", "diverged"]}
+    )
+    runs["stopped_early"] = [False, True]  # only the diverged run stopped: a fixed budget otherwise
+    epochs = pd.DataFrame([{"run": r, "epoch": e} | metrics for r in (0, 1) for e in (1, 2)])
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig))
+    learning_curves(runs, epochs, ["lr"], tmp_path / "a.png", title="t")
+    runs.loc[0, "stopped_early"] = True  # an ok run stopped by patience
+    learning_curves(runs, epochs, ["lr"], tmp_path / "b.png", title="t")
+    fixed, patience = (fig._suptitle.get_text() for fig in drawn)
+    assert "stopped early" not in fixed and "thin: after some seeds stopped early" in patience
+    for fig in drawn:
+        plt.close(fig)
