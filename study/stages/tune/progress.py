@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
 from rich.text import Text
 
+from lenet_core.status import Status
 from study.common.console import clock
 from study.stages.tune.tables import trial_status
 from study.stages.tune.trial import METRIC
@@ -46,9 +47,13 @@ class TrialProgress(Callback):
         epochs: int = 0,
         started: float | None = None,
         console: Console | None = None,
+        chance: float = -math.inf,
     ) -> None:
         self.total = total
         self.epochs = epochs
+        # a stopped trial whose best validation accuracy is at most this (the split's majority
+        # class + the collapse margin) is named collapsed, as the tables will name it
+        self.chance = chance
         self.started = time.monotonic() if started is None else started  # time.monotonic() clock
         self.best = -math.inf
         self.trial_best: dict[str, float] = {}  # best val acc of each trial so far, by Tune id
@@ -61,6 +66,7 @@ class TrialProgress(Callback):
         return {
             "total": self.total,
             "epochs": self.epochs,
+            "chance": self.chance,
             "started": self.started,
             "best": self.best,
             "trial_best": {},
@@ -140,6 +146,8 @@ class TrialProgress(Callback):
         if self.plain:
             last = dict(trial.last_result or {})
             status = trial_status(last, errored=errored)
+            if status == Status.PRUNED and self.trial_best.get(trial.trial_id, math.inf) <= self.chance:
+                status = Status.COLLAPSED  # stopped by ASHA at chance: collapsed, as in trials.parquet
             test = last.get("test_acc") if status.ended else None  # a pruned trial is untested
             self._say(
                 f"trial {trials.index(trial) + 1} ({trial.trial_id}) {status}: best val acc "

@@ -102,6 +102,16 @@ class TuneSettings:
         return min(self.grace_period, epochs)
 
 
+def chance_accuracy(data: ImageData, base: TrialConfig) -> float:
+    """The validation accuracy at or below which a trial learned nothing: always answering the
+    study's validation split's majority class, plus the collapse margin (-inf without a split)."""
+    from lenet_core.train import COLLAPSE_MARGIN, majority_fraction, trial_split
+
+    _, val_idx = trial_split(data, base)
+    labels = data.train_labels[val_idx]
+    return majority_fraction(labels) + COLLAPSE_MARGIN if len(labels) else -math.inf
+
+
 def check_seeds_packable(base: TrialConfig, seeds: int) -> None:
     """--seeds-per-trial S > 1 trains each trial's seeds as one pack: refuse a base config that
     cannot pack (a ResNet, fp16), in one line, before anything starts."""
@@ -431,7 +441,12 @@ def _fit(
                 f"scored by their mean {SELECTION_METRIC}"
             )
         progress = TrialProgress(
-            settings.trials, on_trial_done, epochs=base.epochs, started=started, console=console()
+            settings.trials,
+            on_trial_done,
+            epochs=base.epochs,
+            started=started,
+            console=console(),
+            chance=chance_accuracy(data, base),
         )
         with quiet_optuna():  # the searcher logs its study and each trial it adds; put back after
             tuner = build_tuner(

@@ -311,6 +311,35 @@ def test_progress_clock_counts_from_the_study_start_not_the_first_result():
     assert len(lines) == 2 and "\x1b" not in log.getvalue()  # no bar, no escape codes
 
 
+def test_progress_names_a_trial_stopped_at_chance_collapsed_as_the_tables_do():
+    from study.stages.tune.progress import TrialProgress
+
+    def finished_line(chance: float, best: float) -> str:
+        log = io.StringIO()
+        progress = TrialProgress(1, epochs=9, console=Console(file=log, force_terminal=False), chance=chance)
+        trial = fake_trial("abc", "RUNNING")
+        progress.on_trial_result(0, [trial], trial, {"val_acc": best, "epoch": 3, "train_loss": 2.3})
+        stopped = fake_trial("abc", "RUNNING", {"done": True, "status": "running"})
+        progress.on_trial_complete(0, [stopped], stopped)
+        return log.getvalue().splitlines()[-1]
+
+    assert " collapsed: best val acc 0.1100" in finished_line(chance=0.13, best=0.11)
+    assert " pruned: best val acc 0.4000" in finished_line(chance=0.13, best=0.40)
+
+
+def test_chance_accuracy_is_the_validation_majority_plus_the_margin(digits):
+    import numpy as np
+
+    from lenet_core.config import TrialConfig
+    from lenet_core.train import COLLAPSE_MARGIN, trial_split
+    from study.stages.tune.run import chance_accuracy
+
+    base = TrialConfig(dataset="digits")
+    _, val_idx = trial_split(digits, base)
+    majority = np.bincount(digits.train_labels[val_idx]).max() / len(val_idx)
+    assert chance_accuracy(digits, base) == pytest.approx(majority + COLLAPSE_MARGIN)
+
+
 @pytest.mark.slow
 def test_plain_progress_lines_name_every_trial_and_epoch(study):
     finished = {m[1]: m for m in FINISHED_LINE.findall(study.stdout)}
