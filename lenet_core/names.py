@@ -29,7 +29,7 @@ CLASS_NAMES = {
     ),
 }
 # flip suits clothes, not digits; shift (up to 2 px) and crop (pad 2, random 28x28 window) translate
-AUGMENTATIONS = ("none", "blur", "rotate", "both", "flip", "shift", "crop")
+AUGMENTATIONS = ("none", "blur", "rotate", "both", "flip", "shift", "crop", "flip_shift")
 
 MODEL_NAMES = ("lenet5", "resnet18", "resnet34", "resnet50")
 ACTIVATION_NAMES = ("relu", "tanh", "sigmoid", "gelu", "elu", "leaky_relu", "scaled_tanh")

@@ -108,7 +108,8 @@ def _random_crop(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return translate(x, corners[0], corners[1], pad=CROP_PADDING)
 
 
-# The steps of each name in names.AUGMENTATIONS, applied in order ("both" = rotate, then blur).
+# The steps of each name in names.AUGMENTATIONS, applied in order ("both" = rotate, then blur;
+# "flip_shift" = flip, then shift).
 AUGMENTATION_STEPS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], torch.Tensor], ...]] = {
     "none": (),
     "blur": (_random_blur,),
@@ -117,4 +118,7 @@ AUGMENTATION_STEPS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], to
     "flip": (_random_flip,),
     "shift": (_random_shift,),
     "crop": (_random_crop,),
+    # the usual Fashion-MNIST recipe: mirror a random half, then translate each image by up to 2
+    # pixels (crop is the same distribution of translations as shift: torchvision's RandomCrop)
+    "flip_shift": (_random_flip, _random_shift),
 }

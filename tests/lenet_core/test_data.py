@@ -406,6 +406,17 @@ def test_shift_and_crop_lose_only_what_leaves_the_frame(kind, digits):
         assert moved.sum() == (28 - abs(dy)) * (28 - abs(dx))
 
 
+def test_flip_shift_mirrors_then_translates_from_one_generator():
+    x = _framed_batch(64, seed=3)
+    out = augment_batch(x, kind="flip_shift", generator=torch.Generator().manual_seed(7))
+    generator = torch.Generator().manual_seed(7)
+    flipped = augment_batch(x, kind="flip", generator=generator)
+    assert torch.equal(out, augment_batch(flipped, kind="shift", generator=generator))
+    assert not torch.equal(out, flipped)  # translated too
+    # pixels are only moved: each image keeps every value, so its class
+    assert torch.equal(out.flatten(1).sort(dim=1).values, x.flatten(1).sort(dim=1).values)
+
+
 def test_shift_and_crop_keep_the_batch_on_its_device_and_format():
     x = _framed_batch(4, seed=1).contiguous(memory_format=torch.channels_last)
     for kind in ("shift", "crop"):

@@ -410,7 +410,7 @@ def test_fashion_file_tunes_the_full_space_then_ensembles_the_best():
     assert experiment.base_config().dataset == "fashion-mnist"
     space = experiment.space
     assert {"optimizer", "lr", "activation", "pooling", "batch_size"} <= set(space)
-    assert {"lr_schedule", "augment"} <= set(space) and "flip" in space["augment"]["choices"]
+    assert {"lr_schedule", "augment"} <= set(space) and "flip_shift" in space["augment"]["choices"]
     # a fixed budget: patience is not searched, it is 0 for every trial and member
     assert "patience" not in space and experiment.base_config().patience == 0
     assert experiment.members == 5 and experiment.resample == "bootstrap"
