@@ -3,6 +3,7 @@ that places its rows among published results (an experiment's ``[[anchor]]`` row
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ def ensemble_section(results: EnsembleResults, root: Path) -> list[str]:
         )
     lines += ["", *mcnemar_sentences(mcnemar, results.voting_member_names())]
     lines += _budget_sentences(results.members)
+    lines += recipe_sentences(results.members)
     main = summary["diversity"][summary["main_group"]]
     oob = (
         f"; its out-of-bag estimate is {_pct(main['ensemble_oob_acc'])}" if "ensemble_oob_acc" in main else ""
@@ -123,6 +125,58 @@ def _budget_sentences(members: pd.DataFrame) -> list[str]:
         else []
     )
     return ["Budget: " + "; ".join(parts) + ".", *capped]
+
+
+# What a reader needs to retrain a model: every training field of TrialConfig but the seed.
+RECIPE_FIELDS = (
+    "variant",
+    "activation",
+    "pooling",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "lr_schedule",
+    "lr_gamma",
+    "lr_step_size",
+    "warmup_epochs",
+    "label_smoothing",
+    "augment",
+    "batch_size",
+    "epochs",
+    "patience",
+    "precision",
+)
+
+
+def recipe_sentences(members: pd.DataFrame) -> list[str]:
+    """The recipe each kind of model trained with (the fields its configs share; seeds differ), so
+    the ResNet's fixed recipe stands beside the LeNets' tuned one."""
+    if "config" not in members or not len(members):
+        return []
+    parts = []
+    for model, part in members.groupby("model", sort=False):
+        configs = [json.loads(c) for c in part["config"]]
+        first = configs[0]
+        shared = {
+            key: first[key]
+            for key in RECIPE_FIELDS
+            if first.get(key) is not None and all(c.get(key) == first[key] for c in configs)
+        }
+        if shared.get("lr_schedule") != "step":  # gamma and step size only act under step
+            shared.pop("lr_gamma", None)
+            shared.pop("lr_step_size", None)
+        if not shared.get("warmup_epochs"):
+            shared.pop("warmup_epochs", None)
+        name = "LeNet-5 members" if model == "lenet5" else model
+        parts.append(
+            f"{name}: "
+            + ", ".join(
+                f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                for key, value in shared.items()
+            )
+        )
+    return ["Recipes (each model's training config; only seeds differ): " + "; ".join(parts) + "."]
 
 
 def _anchor_accuracy(test_acc: float | list[float]) -> tuple[float, str]:

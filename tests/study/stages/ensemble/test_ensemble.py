@@ -20,6 +20,7 @@ from study.stages.ensemble.members import (
     save_member,
     train_member,
 )
+from study.stages.ensemble.report import recipe_sentences
 from study.stages.ensemble.results import EnsembleResults
 from study.stages.ensemble.run import EnsemblePlan
 from tests.conftest import PROJECT_ROOT
@@ -81,6 +82,23 @@ def test_the_resnet_trains_one_fixed_recipe_whatever_the_members_were_tuned_to()
     assert (resnet.epochs, resnet.precision) == (5, "bf16")  # the plan's budget, not the members'
     # the members' data: the same split, batch size (steps per epoch) and augmentation
     assert (resnet.dataset, resnet.batch_size, resnet.augment) == ("digits", 128, "flip")
+    # the report states both recipes, the seeds aside
+    members = pd.DataFrame(
+        [
+            {"model": spec.config.model, "config": json.dumps(spec.config.to_dict())}
+            for spec in plan.specs([tuned], tuned)
+        ]
+    )
+    [sentence] = recipe_sentences(members)
+    lenet, resnet_part = sentence.split("LeNet-5 members: ")[1].split("; resnet18: ")
+    assert (
+        "optimizer rmsprop, lr 0.0025" in lenet and "lr_schedule step, lr_gamma 0.5, lr_step_size 4" in lenet
+    )
+    assert "label_smoothing 0.1" in lenet and "patience 6" in lenet and "seed " not in sentence
+    assert resnet_part.startswith("optimizer adam, lr 0.001, weight_decay 0, lr_schedule constant")
+    assert (
+        "lr_gamma" not in resnet_part and "augment flip, batch_size 128, epochs 5, patience 0" in resnet_part
+    )
 
 
 def test_bootstrap_bookkeeping_keeps_validation_out_and_oob_exact(digits):
