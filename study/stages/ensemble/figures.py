@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 from lenet_core.data import ImageData
 from lenet_core.names import CLASS_NAMES
@@ -136,8 +137,12 @@ def vote_accuracy_curve(
         xticks=np.arange(1, max(len(c["mean"]) for c in curves.values()) + 1),
     )
     right.set(
-        title="Accuracy for training compute", xlabel="training seconds (summed)", ylabel="test accuracy"
+        title="Accuracy for training compute",
+        xlabel="training seconds (summed, log scale)",
+        ylabel="test accuracy",
+        xscale="log",  # a LeNet member takes seconds, a ResNet minutes: a linear axis piles the votes up
     )
+    right.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     for ax in (left, right):
         ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()
@@ -297,6 +302,38 @@ def neighbour_grid(
     save_figure(fig, path)
 
 
+def vote_accuracy_figure(
+    *, diversity: dict[str, Any], comparison: pd.DataFrame, baseline: str | None, folder: Path
+) -> None:
+    """vote_accuracy_by_members.png from the tables alone (diversity.json's curves, the comparison
+    table's means), so a reanalysis redraws it without the models. ``baseline``: its model name."""
+    by_model = comparison.set_index("model")
+    repeats = int(next(iter(diversity.values()))["repeats"])
+    point = None
+    if baseline is not None:
+        point = (
+            baseline,
+            float(by_model.loc[baseline, "test_acc"]),
+            float(by_model.loc[baseline, "training_seconds"]),
+        )
+    curves = {
+        name: {
+            "mean": entry["vote_accuracy_by_members_mean"],
+            "low": entry["vote_accuracy_by_members_low"],
+            "high": entry["vote_accuracy_by_members_high"],
+            "seconds_per_member": entry["seconds_per_member"],
+        }
+        for name, entry in diversity.items()
+    }
+    vote_accuracy_curve(
+        curves,
+        float(by_model.loc["single model", "test_acc"]),
+        point,
+        folder / "vote_accuracy_by_members.png",
+        repeats=repeats,
+    )
+
+
 TSNE_POINTS = 1500  # t-SNE is O(n^2)-ish on 2 cores; a random subset of the test set suffices
 MISCLASSIFIED_SHOWN = 24
 NEIGHBOURS = 8
@@ -339,31 +376,8 @@ def write_figures(
         limit=MISCLASSIFIED_SHOWN,
         class_names=class_names,
     )
-    by_model = comparison.set_index("model")
-    baseline = None
-    if repeat.baseline is not None:
-        name = repeat.baseline.spec.config.model
-        baseline = (
-            name,
-            float(by_model.loc[name, "test_acc"]),
-            float(by_model.loc[name, "training_seconds"]),
-        )
-    curves = {
-        name: {
-            "mean": entry["vote_accuracy_by_members_mean"],
-            "low": entry["vote_accuracy_by_members_low"],
-            "high": entry["vote_accuracy_by_members_high"],
-            "seconds_per_member": entry["seconds_per_member"],
-        }
-        for name, entry in diversity.items()
-    }
-    vote_accuracy_curve(
-        curves,
-        float(by_model.loc["single model", "test_acc"]),
-        baseline,
-        folder / "vote_accuracy_by_members.png",
-        repeats=repeats,
-    )
+    baseline = repeat.baseline.spec.config.model if repeat.baseline is not None else None
+    vote_accuracy_figure(diversity=diversity, comparison=comparison, baseline=baseline, folder=folder)
     calibrated = [
         ("single model", repeat.groups["seed"][0].test_proba),
         (f"{label}, soft vote", probas.mean(0)),

@@ -101,10 +101,22 @@ class EnsembleResults:
 
     # ------------------------------------------------------------------ files
     def write(self, folder: Path) -> None:
-        """Every table, and run.json last (the figures need the models: the stage draws them
-        between the two, ``write_tables`` then ``write_run_info``)."""
+        """Every table, the figure drawn from tables alone, and run.json last (the other figures
+        need the models: the stage draws them between ``write_tables`` and ``write_run_info``)."""
         self.write_tables(folder)
+        self.write_table_figures(folder)
         write_run_info(folder, self.run)
+
+    def write_table_figures(self, folder: Path) -> None:
+        """The figures drawn from the tables alone (a reanalysis redraws them; no models needed)."""
+        from study.stages.ensemble.figures import vote_accuracy_figure
+
+        curves = self.diversity.get("diversity", {})
+        if not curves or not all("vote_accuracy_by_members_mean" in entry for entry in curves.values()):
+            return  # tables from before the curves were kept
+        baselines = self.members.loc[self.members["group"] == "baseline", "model"]
+        baseline = str(baselines.iloc[0]) if len(baselines) else None
+        vote_accuracy_figure(diversity=curves, comparison=self.comparison, baseline=baseline, folder=folder)
 
     def write_tables(self, folder: Path) -> None:
         write_table(stored_form(self.members), folder / MEMBERS)

@@ -256,6 +256,15 @@ def test_ensemble_figures_are_non_empty_pngs(small_ensemble):
         assert data[:8] == PNG and len(data) > 5000, name
 
 
+def test_writing_the_results_elsewhere_redraws_the_figure_drawn_from_tables(small_ensemble, tmp_path):
+    # what study report --reanalyse does: tables and the vote-accuracy figure, no models needed
+    folder, _, _ = small_ensemble
+    EnsembleResults.read(folder).write(tmp_path)
+    data = (tmp_path / "vote_accuracy_by_members.png").read_bytes()
+    assert data[:8] == PNG and len(data) > 5000
+    assert not (tmp_path / "tsne_penultimate.png").exists()  # that one needs the models
+
+
 @pytest.mark.slow
 def test_resume_reuses_checkpointed_members_and_plain_rerun_is_refused(small_ensemble):
     folder, _, args = small_ensemble

@@ -122,3 +122,13 @@ def test_per_class_table_names_classes_for_fashion_and_digits():
     assert list(fashion["class"]) == list(range(10)) and tuple(fashion["class_name"]) == FASHION
     digits = per_class_table(table, repeat, 10, dataset="mnist")
     assert tuple(digits["class_name"]) == DIGITS
+
+
+def test_accuracy_for_compute_puts_seconds_on_a_log_axis_so_the_votes_spread(drawn, tmp_path):
+    curve = {"mean": [0.96, 0.97, 0.975], "low": [0.95, 0.96, 0.97], "high": [0.97, 0.98, 0.98]}
+    curves = {"seed ensemble": curve | {"seconds_per_member": 7.0}}
+    figures.vote_accuracy_curve(curves, 0.96, ("resnet18", 0.98, 700.0), tmp_path / "v.png", repeats=3)
+    left, right = drawn[0].axes
+    assert left.get_xscale() == "linear" and right.get_xscale() == "log"
+    low, high = right.get_xlim()
+    assert low <= 7.0 and high >= 700.0  # the first vote and the ResNet both inside the axis
