@@ -64,11 +64,19 @@ def report_lines(results: StudyResults, *, previous: Path | None = None) -> list
 
 
 def earlier_claims(stage: StageResults, previous: Path) -> list[str]:
-    """A sweep's earlier verdicts, read as that run stored them (never re-analysed)."""
+    """A sweep's or an ensemble's earlier verdicts, read from the tables that run stored."""
     from study.common.results import read_optional_table
+    from study.reader import STAGE_FOLDERS
+    from study.stages.ensemble.report import earlier_claims_section as ensemble_claims
+    from study.stages.ensemble.results import EnsembleResults
     from study.stages.sweep.report import VERDICT_VIEWS, earlier_claims_section
     from study.stages.sweep.results import SweepResults
 
+    if isinstance(stage, EnsembleResults):
+        # an experiment's ensemble sits in OUT/NAME/ensemble; a study ensemble folder is given as is
+        stage_folder = previous / STAGE_FOLDERS["ensemble"][0]
+        folder = stage_folder if stage_folder.is_dir() else previous
+        return ensemble_claims(EnsembleResults.read(folder), stage, source=_source(folder))
     if not isinstance(stage, SweepResults):
         return []
     tables = {
@@ -76,11 +84,15 @@ def earlier_claims(stage: StageResults, previous: Path) -> list[str]:
         for view in VERDICT_VIEWS
         if (table := read_optional_table(previous / f"{view}.parquet", what="earlier run")) is not None
     }
+    return earlier_claims_section(tables, stage, source=_source(previous))
+
+
+def _source(previous: Path) -> str:
+    """How the earlier run is named in its section: when it finished and the folder read."""
     from study.common.results import read_run_info
 
     finished = read_run_info(previous).get("finished")
-    source = f"finished {finished}, read from {previous.name}/" if finished else f"{previous.name}/"
-    return earlier_claims_section(tables, stage, source=source)
+    return f"finished {finished}, read from {previous.name}/" if finished else f"{previous.name}/"
 
 
 def write_report(root: Path, *, previous: Path | None = None, reanalyse: bool = False) -> Path:

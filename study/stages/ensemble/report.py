@@ -102,6 +102,75 @@ def mcnemar_sentences(mcnemar: pd.DataFrame, voting_members: set[str]) -> list[s
     return lines
 
 
+def _pair_verdicts(mcnemar: pd.DataFrame, voting_members: set[str]) -> pd.DataFrame:
+    """One row per compared pair: its verdict over repeats (a paired t-test of the accuracies), as
+    mcnemar_sentences states it; with one repeat, that repeat's exact McNemar verdict."""
+    from study.common.stats import paired_test
+
+    member = mcnemar["b"].isin(voting_members)
+    table = mcnemar.assign(pair_b=mcnemar["b"].where(~member, "its best member"))
+    rows = []
+    for (a, b), part in table.groupby(["a", "pair_b"], sort=False):
+        if len(part) >= 2:
+            test = paired_test(part["a_acc"].to_numpy(), part["b_acc"].to_numpy())
+            diff, p, how = float(test["mean_diff"]), float(test["p_t"]), "paired t over repeats"
+        else:
+            row = part.iloc[0]
+            diff, p, how = float(row["a_acc"] - row["b_acc"]), float(row["mcnemar_p"]), "McNemar"
+        verdict = (f"{a} better" if diff > 0 else f"{b} better") if p < 0.05 else "no significant difference"
+        rows.append(
+            {
+                "pair": f"{a} vs {b}",
+                "verdict": verdict,
+                "mean_diff": diff,
+                "p": p,
+                "n": len(part),
+                "test": how,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def earlier_claims_section(previous: EnsembleResults, results: EnsembleResults, *, source: str) -> list[str]:
+    """Each comparison's earlier verdict (read from the earlier run's stored McNemar table) beside
+    this run's, and whether it survived."""
+    before = _pair_verdicts(previous.mcnemar, previous.voting_member_names()).set_index("pair")
+    now = _pair_verdicts(results.mcnemar, results.voting_member_names()).set_index("pair")
+    rows = []
+    for pair in before.index:
+        old = before.loc[pair]
+        new = now.loc[pair] if pair in now.index else None
+        rows.append(
+            {
+                "comparison": pair,
+                "earlier": old["verdict"],
+                "now": "not compared" if new is None else new["verdict"],
+                "survived": "no" if new is None or new["verdict"] != old["verdict"] else "yes",
+                "earlier_diff_points": round(100 * old["mean_diff"], 2),
+                "now_diff_points": None if new is None else round(100 * new["mean_diff"], 2),
+                "earlier_p": old["p"],
+                "now_p": None if new is None else new["p"],
+                "earlier_repeats": int(old["n"]),
+                "now_repeats": None if new is None else int(new["n"]),
+            }
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return []
+    lost = table[table["survived"] == "no"]
+    lost_text = "; ".join(f"{r.comparison}: {r.earlier} -> {r.now}" for r in lost.itertuples())
+    return [
+        "### Earlier claims, against this run",
+        "",
+        f"The earlier run ({source}): of its {len(table)} verdicts (each pair over repeats, a paired "
+        f"t-test of the accuracies), {len(table) - len(lost)} survived this run and {len(lost)} did not"
+        + (f": {lost_text}." if len(lost) else "."),
+        "",
+        _md(table),
+        "",
+    ]
+
+
 def _budget_sentences(members: pd.DataFrame) -> list[str]:
     """How long each kind of model trained: its epoch cap, and the epochs it ran (it stops early
     on the config's patience and keeps its best validation epoch)."""

@@ -256,6 +256,30 @@ def test_ensemble_figures_are_non_empty_pngs(small_ensemble):
         assert data[:8] == PNG and len(data) > 5000, name
 
 
+def test_report_sets_each_earlier_verdict_beside_this_runs(small_ensemble, tmp_path):
+    import shutil
+
+    folder, _, _ = small_ensemble
+    earlier = tmp_path / "earlier"
+    shutil.copytree(folder, earlier / "ensemble", ignore=shutil.ignore_patterns("members"))
+    mcnemar = pd.read_parquet(earlier / "ensemble" / "mcnemar.parquet")
+    pair = (mcnemar["a"] == "bagged, hard vote") & (mcnemar["b"] == "seed ensemble, hard vote")
+    mcnemar.loc[pair, "a_acc"], mcnemar.loc[pair, "b_acc"] = [0.9, 0.91], [0.5, 0.52]  # a clear win
+    mcnemar.to_parquet(earlier / "ensemble" / "mcnemar.parquet")
+    result = runner.invoke(app, ["report", str(folder.parent), "--previous", str(earlier)])
+    assert result.exit_code == 0, result.output
+    report = (folder.parent / "REPORT.md").read_text()
+    section = report.split("### Earlier claims, against this run", 1)[1]
+    lost = "bagged, hard vote vs seed ensemble, hard vote: bagged, hard vote better -> "
+    assert f"and 1 did not: {lost}" in section
+    assert "| seed ensemble, hard vote vs its best member " in section  # members named by role
+    # the same folder as its own earlier run: every verdict survives
+    same = tmp_path / "same"
+    shutil.copytree(folder, same / "ensemble", ignore=shutil.ignore_patterns("members"))
+    assert runner.invoke(app, ["report", str(folder.parent), "--previous", str(same)]).exit_code == 0
+    assert "and 0 did not." in (folder.parent / "REPORT.md").read_text()
+
+
 def test_writing_the_results_elsewhere_redraws_the_figure_drawn_from_tables(small_ensemble, tmp_path):
     # what study report --reanalyse does: tables and the vote-accuracy figure, no models needed
     folder, _, _ = small_ensemble
