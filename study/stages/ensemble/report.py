@@ -78,12 +78,9 @@ def mcnemar_sentences(mcnemar: pd.DataFrame, voting_members: set[str]) -> list[s
     """One line per compared pair: the exact McNemar verdict in every repeat and, with 2 or more
     repeats, a paired t-test of the accuracies over repeats. A vote's "best member" differs by
     repeat (chosen on validation), so those pairs are named by their role."""
-    from study.common.stats import paired_test
-
-    member = mcnemar["b"].isin(voting_members)  # a vote against one of its own members
-    table = mcnemar.assign(pair_b=mcnemar["b"].where(~member, "its best member"))
+    overall = _pair_verdicts(mcnemar, voting_members).set_index("pair")
     lines = []
-    for (a, b), part in table.groupby(["a", "pair_b"], sort=False):
+    for (a, b), part in _named_pairs(mcnemar, voting_members).groupby(["a", "pair_b"], sort=False):
         verdicts = []
         for row in part.itertuples():
             winner = a if row.a_acc > row.b_acc else b
@@ -92,14 +89,21 @@ def mcnemar_sentences(mcnemar: pd.DataFrame, voting_members: set[str]) -> list[s
             verdicts.append(f"repeat {row.repeat}: {scores}, {verdict} (p = {row.mcnemar_p:.2g})")
         line = f"- {a} vs {b}, exact McNemar on the test set: " + "; ".join(verdicts)
         if len(part) >= 2:
-            test = paired_test(part["a_acc"].to_numpy(), part["b_acc"].to_numpy())
+            test = overall.loc[f"{a} vs {b}"]
             line += (
-                f". Over the {test['n_pairs']} repeats: {100 * test['mean_diff']:+.2f} points on average, "
-                f"paired t-test p = {test['p_t']:.2g}"
-                + (" (significant at 0.05)" if test["p_t"] < 0.05 else " (not significant at 0.05)")
+                f". Over the {len(part)} repeats: {100 * test['mean_diff']:+.2f} points on average, "
+                f"paired t-test p = {test['p']:.2g}"
+                + (" (significant at 0.05)" if test["p"] < 0.05 else " (not significant at 0.05)")
             )
         lines.append(line + ".")
     return lines
+
+
+def _named_pairs(mcnemar: pd.DataFrame, voting_members: set[str]) -> pd.DataFrame:
+    """The McNemar table with ``pair_b``: b, or "its best member" where b is one of the vote's own
+    members (a different model in each repeat)."""
+    member = mcnemar["b"].isin(voting_members)
+    return mcnemar.assign(pair_b=mcnemar["b"].where(~member, "its best member"))
 
 
 def _pair_verdicts(mcnemar: pd.DataFrame, voting_members: set[str]) -> pd.DataFrame:
@@ -107,10 +111,8 @@ def _pair_verdicts(mcnemar: pd.DataFrame, voting_members: set[str]) -> pd.DataFr
     mcnemar_sentences states it; with one repeat, that repeat's exact McNemar verdict."""
     from study.common.stats import paired_test
 
-    member = mcnemar["b"].isin(voting_members)
-    table = mcnemar.assign(pair_b=mcnemar["b"].where(~member, "its best member"))
     rows = []
-    for (a, b), part in table.groupby(["a", "pair_b"], sort=False):
+    for (a, b), part in _named_pairs(mcnemar, voting_members).groupby(["a", "pair_b"], sort=False):
         if len(part) >= 2:
             test = paired_test(part["a_acc"].to_numpy(), part["b_acc"].to_numpy())
             diff, p, how = float(test["mean_diff"]), float(test["p_t"]), "paired t over repeats"
@@ -152,6 +154,8 @@ def earlier_claims_section(previous: EnsembleResults, results: EnsembleResults, 
                 "now_p": None if new is None else new["p"],
                 "earlier_repeats": int(old["n"]),
                 "now_repeats": None if new is None else int(new["n"]),
+                "earlier_test": old["test"],
+                "now_test": None if new is None else new["test"],
             }
         )
     table = pd.DataFrame(rows)
@@ -162,8 +166,9 @@ def earlier_claims_section(previous: EnsembleResults, results: EnsembleResults, 
     return [
         "### Earlier claims, against this run",
         "",
-        f"The earlier run ({source}): of its {len(table)} verdicts (each pair over repeats, a paired "
-        f"t-test of the accuracies), {len(table) - len(lost)} survived this run and {len(lost)} did not"
+        f"The earlier run ({source}): of its {len(table)} verdicts (each pair's, by a paired t-test of "
+        "the accuracies over repeats, or by McNemar on the test set where a run had one repeat), "
+        f"{len(table) - len(lost)} survived this run and {len(lost)} did not"
         + (f": {lost_text}." if len(lost) else "."),
         "",
         _md(table),
