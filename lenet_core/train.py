@@ -262,8 +262,14 @@ def majority_fraction(labels: np.ndarray | torch.Tensor) -> float:
     return float(counts.max() / counts.sum()) if counts.sum() else math.nan
 
 
+def collapse_threshold(val_labels: np.ndarray | torch.Tensor) -> float:
+    """The validation accuracy at or below which a run learned nothing: always answering the
+    majority class, plus COLLAPSE_MARGIN."""
+    return majority_fraction(val_labels) + COLLAPSE_MARGIN
+
+
 def is_collapsed(val_acc: float, val_labels: np.ndarray | torch.Tensor) -> bool:
-    return val_acc <= majority_fraction(val_labels) + COLLAPSE_MARGIN
+    return val_acc <= collapse_threshold(val_labels)
 
 
 @dataclass(frozen=True)

@@ -431,7 +431,7 @@ def ensemble(
     """
     from study import api
 
-    parse_pack(pack, no_pack)  # bad --pack before anything else
+    packing = parse_pack(pack, no_pack)  # bad --pack before anything else
     if from_dir is not None and config_file is not None:
         raise StudyError("give --from or --config, not both")
     file_values = load_config_file(config_file) if config_file is not None else {}
@@ -446,7 +446,7 @@ def ensemble(
         resnet=resnet,
         resnet_precision=resnet_precision,
         resnet_epochs=resnet_epochs,
-        pack=parse_pack(pack, no_pack),
+        pack=packing,
         out=out,
         name=name,
         cluster=cluster,

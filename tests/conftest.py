@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -213,6 +214,24 @@ def run_bounded(work: Callable[[], Any], limit_s: float = RUN_LIMIT_S) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+def digits_study_identity(settings: Any) -> dict[str, Any]:
+    """study.json's identity of a 5-epoch digits study over the default space run with ``settings``
+    (a TuneSettings); of the data, study_identity reads only its name and checksum."""
+    from lenet_core.config import TrialConfig
+    from study.stages.tune.run import study_identity
+    from study.stages.tune.space import default_space
+
+    data = SimpleNamespace(name="digits", checksum="c")
+    return study_identity(TrialConfig(dataset="digits", epochs=5), default_space(), settings, data)
+
+
+def started_study(folder: Path, identity: dict[str, Any]) -> Path:
+    """A tune folder as a study leaves it once started: its study.json and Ray's folder."""
+    (folder / "ray").mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps(identity))
+    return folder
 
 
 def last_trial_reports(tune_folder: Path) -> dict[str, dict[str, Any]]:

@@ -206,45 +206,29 @@ def reuse_saved(
     return outputs, todo
 
 
-def placed_work(item: tuple[Callable[[U, ImageData], Out], U], data: ImageData) -> Out:
-    """In the Ray worker: the unit's config as it runs here, then the stage's work, then where."""
+def placed_units(item: Item, data: ImageData) -> list[Any]:
+    """One task of ``run_units``, in the Ray worker: the units' configs as they run here (one
+    placement: one task), the stage's work (``work`` for a unit alone, ``work_pack`` for a pack),
+    and where each ran and with how many (``pack_size``; a packed unit's seconds are its share)."""
     from study.common.placement import place
 
-    work, unit = item
-    config, placement = place(unit.config)
-    output = work(dataclasses.replace(unit, config=config), data)  # type: ignore[type-var]
-    output.summary.update(placement.as_columns())
-    output.summary["pack_size"] = 1
-    return output
-
-
-def placed_pack(
-    item: tuple[Callable[[list[U], ImageData], list[Out]], list[U]], data: ImageData
-) -> list[Out]:
-    """In the Ray worker: a pack's configs as they run here (one placement: one task), the
-    stage's pack work, and where each ran and with how many (``pack_size``; its seconds are its
-    share of the pack's time)."""
-    from study.common.placement import place
-
-    work_pack, units = item
+    fn, units = item
     _, placement = place(units[0].config)
     placed = [
         dataclasses.replace(unit, config=placement.apply(unit.config))  # type: ignore[type-var]
         for unit in units
     ]
-    outputs = work_pack(placed, data)
+    outputs = [fn(placed[0], data)] if len(placed) == 1 else fn(placed, data)
     for output in outputs:
         output.summary.update(placement.as_columns())
         output.summary["pack_size"] = len(units)
     return outputs
 
 
-def placed_units(item: Item, data: ImageData) -> list[Any]:
-    """One task of ``run_units``: a unit alone (``placed_work``) or a pack (``placed_pack``)."""
-    fn, units = item
-    if len(units) == 1:
-        return [placed_work((fn, units[0]), data)]
-    return placed_pack((fn, units), data)
+def placed_work(item: tuple[Callable[[U, ImageData], Out], U], data: ImageData) -> Out:
+    """One unit alone, as ``placed_units`` runs it."""
+    work, unit = item
+    return placed_units((work, [unit]), data)[0]
 
 
 # Retries of a task after a system failure (its worker or node died); an exception raised by

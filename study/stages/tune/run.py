@@ -103,13 +103,13 @@ class TuneSettings:
 
 
 def chance_accuracy(data: ImageData, base: TrialConfig) -> float:
-    """The validation accuracy at or below which a trial learned nothing: always answering the
-    study's validation split's majority class, plus the collapse margin (-inf without a split)."""
-    from lenet_core.train import COLLAPSE_MARGIN, majority_fraction, trial_split
+    """``lenet_core.train.collapse_threshold`` of the study's validation split (-inf without one):
+    a trial stopped at or below it is collapsed, as ``mark_collapsed`` names it in the tables."""
+    from lenet_core.train import collapse_threshold, trial_split
 
     _, val_idx = trial_split(data, base)
     labels = data.train_labels[val_idx]
-    return majority_fraction(labels) + COLLAPSE_MARGIN if len(labels) else -math.inf
+    return collapse_threshold(labels) if len(labels) else -math.inf
 
 
 def check_seeds_packable(base: TrialConfig, seeds: int) -> None:
@@ -507,7 +507,6 @@ def study_results(
         # Counted above as cut short; the budget ended them for good, so one at chance is named
         # collapsed like a pruned one (an interrupted study's unfinished trials run again on resume).
         trials = mark_collapsed(trials, data=data, statuses=(Status.UNFINISHED,))
-    asha = {key: identity.get(key) for key in ("scheduler", "grace_period", "reduction_factor")}
-    asha["seeds_per_trial"] = settings.seeds_per_trial
-    run = provenance(data, kind=STAGE, **asha, **end.to_dict())
+    search = ("scheduler", "grace_period", "reduction_factor", "seeds_per_trial")
+    run = provenance(data, kind=STAGE, **{key: identity.get(key) for key in search}, **end.to_dict())
     return TuneResults(trials=expand_configs(trials), epochs=epochs, identity=identity, end=end, run=run)

@@ -18,22 +18,16 @@ from lenet_core.config import from_dict
 from lenet_core.data import ImageData
 from lenet_core.status import FAILED, Status
 from study.common.selection import SELECTION_METRIC
-from study.stages.tune.trial import CONFIG_KEY, SEED_STD_COLUMNS, SEEDS, TEST_ACC_STD, VAL_ACC_STD
+from study.stages.tune.trial import (
+    CONFIG_KEY,
+    EPOCH_COLUMNS,
+    SEED_STD_COLUMNS,
+    SEEDS,
+    TEST_ACC_STD,
+    VAL_ACC_STD,
+)
 
 MEMORY_COLUMNS = ("worker_rss_mb", "worker_uss_mb", "data_private_mb", "data_zero_copy")
-EPOCH_COLUMNS = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "seconds",
-    "images_per_s",
-    "status",
-]
 
 
 def trial_status(last: dict[str, Any], *, errored: bool) -> Status:

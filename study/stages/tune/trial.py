@@ -105,8 +105,9 @@ def tune_trainable(
     train_trial(config, data, report=report)
 
 
-# Per-epoch columns a trial over seeds reports as their mean (NaN when any seed has none).
-MEAN_COLUMNS = (
+# The per-epoch columns of a trial's history (epochs.parquet), in their order.
+EPOCH_COLUMNS = [
+    "epoch",
     "lr",
     "train_loss",
     "train_acc",
@@ -114,8 +115,13 @@ MEAN_COLUMNS = (
     "val_acc",
     "test_loss",
     "test_acc",
+    "seconds",
     "images_per_s",
-)
+    "status",
+]
+# Those a trial over seeds reports as their mean (NaN when any seed has none); the epoch is the
+# latest, the seconds are added up and the status is combined (SeedMeans).
+MEAN_COLUMNS = tuple(c for c in EPOCH_COLUMNS if c not in ("epoch", "seconds", "status"))
 
 
 class SeedMeans:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from lenet_core.config import TrialConfig, from_dict
 from study.cli import app
-from tests.conftest import last_trial_reports
+from tests.conftest import digits_study_identity, last_trial_reports, started_study
 
 runner = CliRunner()
 SMALL_STUDY = ["tune", "--dataset", "digits", "--trials", "4", "--epochs", "2", "--seed", "1"]
@@ -180,34 +180,21 @@ def test_resume_with_other_asha_settings_is_refused(small_study):
         assert result.exit_code == 2 and f"different {what}" in result.stderr, result.output
 
 
-def _started_study(folder: Path, identity: dict) -> Path:
-    (folder / "ray").mkdir(parents=True)
-    (folder / "study.json").write_text(json.dumps(identity))
-    return folder
-
-
 def test_a_study_json_from_before_the_asha_keys_resumes_only_with_what_it_ran(tmp_path):
     from lenet_core.errors import StudyError
-    from study.stages.tune.run import TuneSettings, check_resume, study_identity
-    from study.stages.tune.space import default_space
+    from study.stages.tune.run import TuneSettings, check_resume
 
-    class Data:
-        name, checksum = "digits", "c"
-
-    base = TrialConfig(dataset="digits", epochs=5)
-    legacy_run = TuneSettings(trials=4, grace_period=1, reduction_factor=4)
-    identity = study_identity(base, default_space(), legacy_run, Data())
+    identity = digits_study_identity(TuneSettings(trials=4, grace_period=1, reduction_factor=4))
     old = {k: v for k, v in identity.items() if k not in ("grace_period", "reduction_factor")}
-    folder = _started_study(tmp_path / "old" / "tune", json.loads(json.dumps(old)))
+    folder = started_study(tmp_path / "old" / "tune", json.loads(json.dumps(old)))
     assert check_resume(folder, identity, resume=True)  # old studies ran ASHA at grace 1, factor 4
-    new = study_identity(base, default_space(), TuneSettings(trials=4), Data())
+    new = digits_study_identity(TuneSettings(trials=4))
     with pytest.raises(StudyError, match="different grace period"):
         check_resume(folder, new, resume=True)
-    fifo = TuneSettings(trials=4, scheduler="none")
-    fifo_identity = study_identity(base, default_space(), fifo, Data())
+    fifo_identity = digits_study_identity(TuneSettings(trials=4, scheduler="none"))
     assert (fifo_identity["grace_period"], fifo_identity["reduction_factor"]) == (None, None)  # no rungs
     old_fifo = {k: v for k, v in fifo_identity.items() if k not in ("grace_period", "reduction_factor")}
-    assert check_resume(_started_study(tmp_path / "fifo" / "tune", old_fifo), fifo_identity, resume=True)
+    assert check_resume(started_study(tmp_path / "fifo" / "tune", old_fifo), fifo_identity, resume=True)
 
 
 @pytest.mark.parametrize(

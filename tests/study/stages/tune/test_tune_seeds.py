@@ -3,17 +3,17 @@ judged by their mean; the tables carry the means and their spreads over the seed
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lenet_core.config import TrialConfig, from_dict
+from lenet_core.config import from_dict
 from lenet_core.errors import StudyError
 from study.cli import app
 from study.stages.tune.trial import METRIC, SeedMeans
+from tests.conftest import digits_study_identity, started_study
 
 runner = CliRunner()
 
@@ -63,25 +63,14 @@ def test_seed_means_score_a_seed_without_accuracy_as_zero():
     assert row["status"] == "diverged"
 
 
-def _started_study(folder: Path, identity: dict) -> Path:
-    (folder / "ray").mkdir(parents=True)
-    (folder / "study.json").write_text(json.dumps(identity))
-    return folder
-
-
 def test_seeds_per_trial_is_part_of_a_study_and_old_studies_ran_one(tmp_path):
-    from study.stages.tune.run import TuneSettings, check_resume, study_identity
-    from study.stages.tune.space import default_space
+    from study.stages.tune.run import TuneSettings, check_resume
 
-    class Data:
-        name, checksum = "digits", "c"
-
-    base = TrialConfig(dataset="digits", epochs=5)
-    one = study_identity(base, default_space(), TuneSettings(trials=4), Data())
-    three = study_identity(base, default_space(), TuneSettings(trials=4, seeds_per_trial=3), Data())
+    one = digits_study_identity(TuneSettings(trials=4))
+    three = digits_study_identity(TuneSettings(trials=4, seeds_per_trial=3))
     assert (one["seeds_per_trial"], three["seeds_per_trial"]) == (1, 3)
     old = {k: v for k, v in one.items() if k != "seeds_per_trial"}
-    folder = _started_study(tmp_path / "old" / "tune", json.loads(json.dumps(old)))
+    folder = started_study(tmp_path / "old" / "tune", json.loads(json.dumps(old)))
     assert check_resume(folder, one, resume=True)  # a study.json without the key ran one seed
     with pytest.raises(StudyError, match="different seeds per trial"):
         check_resume(folder, three, resume=True)
