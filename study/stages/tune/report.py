@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from study.common.report import figure_links, pct
-from study.stages.tune.tables import GROUP_BY, group_table, status_counts, summary_markdown
+from study.stages.tune.tables import (
+    GROUP_BY,
+    group_table,
+    searched_setting,
+    status_counts,
+    summary_markdown,
+    validation_gap_sentence,
+)
 
 if TYPE_CHECKING:
     from study.stages.tune.results import TuneResults
@@ -21,11 +28,7 @@ def tune_section(results: TuneResults, root: Path) -> list[str]:
     ]
     best, config = results.best, results.best_config
     if best is not None and config is not None:
-        setting = (
-            f"{config.optimizer}, lr {config.lr:.3g}, {config.activation}, {config.pooling} pooling, "
-            f"batch {config.batch_size}, {config.lr_schedule} lr schedule, patience {config.patience}, "
-            f"augmentation {config.augment}"
-        )
+        setting = searched_setting(config, list(results.space.params))
         seeds = int(results.identity.get("seeds_per_trial", 1) or 1)
         spread = (
             f" (means over its {seeds} seeds, std {pct(best['best_val_acc_std'])} and "
@@ -38,6 +41,9 @@ def tune_section(results: TuneResults, root: Path) -> list[str]:
             f"{pct(best['best_val_acc'])} and test accuracy {pct(best['test_acc'])}{spread}; one search "
             "run selects it, so its margin over the runner-up is not a tested difference."
         )
+    gap = validation_gap_sentence(trials)
+    if gap:
+        lines.append(gap)
     params = list(results.space.params)
     for name in [g for g in GROUP_BY if g in params]:
         means = group_table(trials, name)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from lenet_core.config import from_dict
+from lenet_core.config import TrialConfig, from_dict
 from lenet_core.data import ImageData
 from lenet_core.status import FAILED, Status
 from study.common.selection import SELECTION_METRIC
@@ -219,6 +219,51 @@ def group_table(trials: pd.DataFrame, name: str) -> pd.DataFrame:
         .agg(trials="count", mean_val_acc="mean", best_val_acc="max")
     )
     return table.sort_values("mean_val_acc", ascending=False)
+
+
+STEP_ONLY = ("lr_gamma", "lr_step_size")  # fields only the step lr schedule reads
+
+
+def searched_setting(config: TrialConfig, params: list[str]) -> str:
+    """The searched fields of one config, in the space's order ("adam, lr 0.00082, tanh, ...").
+
+    Only searched fields: the fixed ones are the same for every trial and live in run.json. The
+    step schedule's gamma and step size are left out under any other schedule, which ignores them.
+    """
+    parts = []
+    for name in params:
+        if name in STEP_ONLY and config.lr_schedule != "step":
+            continue
+        value = getattr(config, name)
+        label = name.replace("_", " ")
+        if isinstance(value, float):
+            parts.append(f"{label} {value:.2g}")
+        elif name in ("optimizer", "activation"):
+            parts.append(str(value))
+        else:
+            parts.append(f"{label} {value}")
+    return ", ".join(parts)
+
+
+def validation_gap_sentence(trials: pd.DataFrame) -> str | None:
+    """How far completed trials' validation accuracy sits from their test accuracy, or None.
+
+    The validation split is carved from the training images, so it can be easier (or harder)
+    than the official test set; a goal stated in test accuracy should be read against this gap.
+    Test accuracy is only described here, never used to select.
+    """
+    done = completed(trials).dropna(subset=["test_acc"])
+    if len(done) < 2:
+        return None
+    gap = 100 * (done[SELECTION_METRIC] - done["test_acc"])  # points, one per trial
+    direction = "above" if gap.mean() > 0 else "below"
+    same_side = int((gap > 0).sum()) if gap.mean() > 0 else int((gap < 0).sum())
+    return (
+        f"Validation accuracy sits {direction} test accuracy by {abs(gap.mean()):.2f} points on "
+        f"average over the {len(done)} completed trials (from {gap.min():+.2f} to {gap.max():+.2f}; "
+        f"{same_side} of {len(done)} on that side): the validation split comes from the training "
+        "images, so a validation score predicts test accuracy only up to this offset."
+    )
 
 
 def status_counts(trials: pd.DataFrame) -> str:

@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 
 from lenet_core.config import TrialConfig
-from study.stages.tune.tables import last_attempt, trial_status
+from study.stages.tune.tables import (
+    last_attempt,
+    searched_setting,
+    trial_status,
+    validation_gap_sentence,
+)
 
 
 @pytest.mark.parametrize(
@@ -172,3 +177,48 @@ def test_unfinished_trials_at_chance_are_collapsed_only_once_a_budget_ended_the_
     interrupted = run(False)  # an interrupt: the unfinished trials run again on --resume
     assert interrupted.trials["status"].tolist() == ["completed", "unfinished", "unfinished"]
     assert interrupted.end.interrupted
+
+
+# ------------------------------------------------------------------ report sentences
+
+
+def test_searched_setting_names_only_the_searched_fields_in_the_spaces_order():
+    config = TrialConfig(optimizer="adam", lr=0.000818, weight_decay=6.7e-4, batch_size=128)
+    text = searched_setting(config, ["optimizer", "lr", "batch_size", "weight_decay"])
+    assert text == "adam, lr 0.00082, batch size 128, weight decay 0.00067"
+    assert "patience" not in text  # fixed fields live in run.json, not in the sentence
+
+
+def _trials(val: list[float], test: list[float], status: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"trial": range(1, len(val) + 1), "best_val_acc": val, "test_acc": test, "status": status}
+    )
+
+
+def test_validation_gap_sentence_measures_completed_trials_only():
+    trials = _trials(
+        [0.92, 0.91, 0.90, 0.50],
+        [0.91, 0.905, 0.88, math.nan],
+        ["completed", "completed", "completed", "pruned"],
+    )
+    text = validation_gap_sentence(trials)
+    # gaps +1.0, +0.5, +2.0 points: mean 1.17; the pruned trial (no test score) is left out
+    assert text is not None
+    assert "above test accuracy by 1.17 points" in text
+    assert "over the 3 completed trials (from +0.50 to +2.00; 3 of 3 on that side)" in text
+
+
+def test_validation_gap_sentence_says_below_when_test_is_higher_and_needs_two_trials():
+    below = _trials([0.90, 0.91], [0.92, 0.905], ["completed", "completed"])
+    assert "below test accuracy by 0.75 points" in validation_gap_sentence(below)
+    assert "1 of 2 on that side" in validation_gap_sentence(below)
+    one = _trials([0.90, 0.91], [0.92, 0.90], ["completed", "diverged"])
+    assert validation_gap_sentence(one) is None
+
+
+def test_searched_setting_shows_gamma_and_step_size_only_under_the_step_schedule():
+    params = ["lr_schedule", "lr_gamma", "lr_step_size"]
+    cosine = TrialConfig(lr_schedule="cosine", lr_gamma=0.35, lr_step_size=5)
+    assert searched_setting(cosine, params) == "lr schedule cosine"
+    step = TrialConfig(lr_schedule="step", lr_gamma=0.35, lr_step_size=5)
+    assert searched_setting(step, params) == "lr schedule step, lr gamma 0.35, lr step size 5"
