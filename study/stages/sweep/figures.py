@@ -85,7 +85,11 @@ def _seed_band(ok: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series, pd.
     return centre, low, high, stats["count"]
 
 
-def _plot_metric(ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: str, *, legend: bool) -> None:
+def _plot_metric(
+    ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: str, *, legend: bool
+) -> list[str]:
+    """One panel: every grid point's seed mean and band, failed runs dotted with their ends marked.
+    Returns the panel's off-scale notes (see ``_mark_failed_ends``) for the caller to place."""
     styles = series_styles()
     ok_values = []
     failed_ends = []  # (legend entry, point label, colour, [(last epoch, last value) per failed run])
@@ -136,7 +140,7 @@ def _plot_metric(ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: s
     limits = _ok_limits(pd.concat(ok_values), metric) if ok_values else None
     if limits is not None:
         ax.set_ylim(*limits)  # failed runs beyond it are clipped; their ends are marked at the edge
-    _mark_failed_ends(ax, failed_ends, metric, limits, legend=legend)
+    return _mark_failed_ends(ax, failed_ends, metric, limits, legend=legend)
 
 
 OFF_SCALE = "off scale"  # the note's first words, in every panel where a failed run's end is beyond
@@ -149,10 +153,11 @@ def _mark_failed_ends(
     limits: tuple[float, float] | None,
     *,
     legend: bool,
-) -> None:
+) -> list[str]:
     """An x where each failed run ended. An end beyond the ok runs' y range (a diverged loss of
     1e10) or without a finite value is drawn on the top or bottom edge as a triangle pointing out
-    of the axes, and a note in the panel names those points: nothing in the legend is off-axis."""
+    of the axes; the returned notes (one per edge used) name those points, so nothing in the
+    legend is off-axis once the caller shows them."""
     low, high = limits if limits is not None else (-np.inf, np.inf)
     worse_up = "acc" not in metric  # a failed run's missing value: a loss above, an accuracy below
     at_edge: dict[tuple[float, bool], int] = {}  # (epoch, top) -> markers already there
@@ -195,20 +200,35 @@ def _mark_failed_ends(
                     label=name,
                 )
                 name = None
-    for top, entries in beyond.items():
-        if entries:
-            arrow = "▲ above" if top else "▼ below"
-            # beside the axes, under the legend: a note inside would cover the curves near the edge
-            ax.text(
-                1.02,
-                0.0 if top else 0.2,
-                f"{OFF_SCALE} ({arrow} the axis, marked on its edge):\n" + "\n".join(entries),
-                transform=ax.transAxes,
-                ha="left",
-                va="bottom",
-                fontsize="x-small",
-                bbox={"facecolor": "white", "edgecolor": "lightgrey", "alpha": 0.85},
-            )
+    return [
+        f"{OFF_SCALE} ({'▲ above' if top else '▼ below'} the axis, marked on its edge): " + "; ".join(entries)
+        for top, entries in beyond.items()
+        if entries
+    ]
+
+
+def _note_beside(ax: plt.Axes, notes: list[str]) -> None:
+    """A one-column figure's off-scale notes right of its panel, under the legend: a note inside
+    would cover the curves near the edge, and the legend's column has room for it."""
+    for i, note in enumerate(notes):
+        ax.text(
+            1.02,
+            0.2 * i,
+            note.replace(": ", ":\n", 1).replace("; ", "\n"),
+            transform=ax.transAxes,
+            ha="left",
+            va="bottom",
+            fontsize="x-small",
+            bbox={"facecolor": "white", "edgecolor": "lightgrey", "alpha": 0.85},
+        )
+
+
+def _footnote(fig: plt.Figure, notes: list[tuple[str, str]]) -> None:
+    """A grid's off-scale notes as one footnote under it, each after its panel's title: beside a
+    panel of a grid they would push the columns apart and shrink every panel."""
+    if notes:
+        text = "\n".join(f"{panel}: {note}" for panel, note in notes)
+        fig.text(0.01, 0.005, text, ha="left", va="bottom", fontsize="x-small", color="dimgrey")
 
 
 def _stopped_early(runs: pd.DataFrame) -> bool:
@@ -248,7 +268,8 @@ def curves(
     for ax, value in zip(axes, values, strict=True):
         part = runs if facet is None else runs[runs[facet] == value]
         shown = swept if facet is None else [field for field in swept if field != facet]
-        _plot_metric(ax, _grid_points(part, epochs, shown), metric, legend=True)
+        notes = _plot_metric(ax, _grid_points(part, epochs, shown), metric, legend=True)
+        _note_beside(ax, notes)
         ax.set(ylabel=TITLES.get(metric, metric) + (" (log)" if log else ""))
         if facet is not None:
             ax.set_title(label_of({facet: value}, [facet]), fontsize="medium")
@@ -264,10 +285,12 @@ def curves(
     save_figure(fig, path)
 
 
-def _layout_below_suptitle(fig: plt.Figure, *, lines: int = 2) -> None:
-    """tight_layout leaves the suptitle out: keep its lines (about 0.25 inch each) clear."""
+def _layout_below_suptitle(fig: plt.Figure, *, lines: int = 2, footnote_lines: int = 0) -> None:
+    """tight_layout leaves the suptitle and a footnote out: keep the suptitle's lines (about 0.25
+    inch each) and the footnote's (x-small, about 0.15 inch each) clear."""
     height = fig.get_size_inches()[1]
-    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - (0.25 * lines + 0.1) / height))
+    bottom = (0.15 * footnote_lines + 0.05) / height if footnote_lines else 0.0
+    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0 - (0.25 * lines + 0.1) / height))
 
 
 LEARNING_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -283,11 +306,12 @@ def learning_curves(
     note = f"training vs validation: {BAND} (losses: {LOG_BAND})" + (
         f"; {THIN}" if _stopped_early(runs) else ""
     )
+    notes: list[tuple[str, str]] = []  # (panel title, its off-scale note)
     if facet is None:
         points = _grid_points(runs, epochs, swept)
         fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)
         for ax, metric in zip(axes.flat, LEARNING_METRICS, strict=True):
-            _plot_metric(ax, points, metric, legend=ax is axes[0, 0])
+            notes += [(TITLES[metric], n) for n in _plot_metric(ax, points, metric, legend=ax is axes[0, 0])]
             ax.set(title=TITLES[metric], xlabel="epoch", ylabel=TITLES[metric])
         fig.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 0.93))
     else:
@@ -298,13 +322,15 @@ def learning_curves(
         for row, value in zip(axes, values, strict=True):
             points = _grid_points(runs[runs[facet] == value], epochs, shown)
             for ax, metric in zip(row, LEARNING_METRICS, strict=True):
-                _plot_metric(ax, points, metric, legend=ax is row[-1])
-                ax.set_title(f"{TITLES[metric]}, {label_of({facet: value}, [facet])}", fontsize="medium")
+                panel = f"{TITLES[metric]}, {label_of({facet: value}, [facet])}"
+                notes += [(panel, n) for n in _plot_metric(ax, points, metric, legend=ax is row[-1])]
+                ax.set_title(panel, fontsize="medium")
             row[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
         for ax in axes[-1]:
             ax.set_xlabel("epoch")
     fig.suptitle(f"{title}\n{note}", fontsize="medium")
-    _layout_below_suptitle(fig)
+    _footnote(fig, notes)
+    _layout_below_suptitle(fig, footnote_lines=len(notes))
     save_figure(fig, path)
 
 

@@ -120,8 +120,9 @@ def drawn_inside(ax, artist) -> bool:
 
 def assert_nothing_off_axis(ax) -> None:
     """Every legend entry has an artist drawn inside the axes, or the panel's off-scale note names
-    it; every failed run's end marker is inside the axes (on an edge when beyond the y range)."""
-    notes = " ".join(text.get_text() for text in ax.texts)
+    it (beside the panel, or in the figure's footnote); every failed run's end marker is inside
+    the axes (on an edge when beyond the y range)."""
+    notes = " ".join(text.get_text() for text in [*ax.texts, *ax.figure.texts])
     for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
         point = label.split(":")[0].split(" (")[0]  # "lr=10: 2 diverged" -> "lr=10"
         assert drawn_inside(ax, handle) or ("off scale" in notes and f"{point} (" in notes), label
@@ -147,8 +148,18 @@ def test_diverged_runs_beyond_the_axis_are_marked_on_its_edge_and_named(monkeypa
     [note] = [t.get_text() for t in loss.texts]
     assert note.startswith("off scale (▲ above")
     assert "lr=10 (2 diverged, ended at 1e+10)" in note and "lr=1 (2 diverged, ended at 1e+05)" in note
-    accuracy = drawn[1].axes[3]  # validation accuracy: collapsed runs at 0.1, below the ok runs
-    assert "lr=0.1 (2 collapsed" in " ".join(t.get_text() for t in accuracy.texts)
+    # the 2x2 grid names its off-scale ends in one footnote, each after its panel, none beside a
+    # panel (that pushed the columns apart); validation accuracy: collapsed runs at 0.1, below
+    grid = drawn[1]
+    assert not any(ax.texts for ax in grid.axes)
+    [footnote] = [t.get_text() for t in grid.texts if "off scale" in t.get_text()]
+    lines = footnote.split("\n")
+    assert any(
+        line.startswith("validation accuracy: off scale (▼ below") and "lr=0.1 (2 collapsed" in line
+        for line in lines
+    )
+    loss_line = "training loss: off scale (▲ above"
+    assert any(line.startswith(loss_line) and "lr=10 (2 diverged" in line for line in lines)
     for fig in drawn:
         plt.close(fig)
 
