@@ -36,7 +36,7 @@ def test_default_space_searches_schedules_and_regularization():
     # weight decay on a log scale from a tiny 1e-6 (no decay to speak of) to 1e-2
     assert space.params["weight_decay"] == {"low": 1e-6, "high": 1e-2, "log": True}
     assert space.params["label_smoothing"] == {"low": 0.0, "high": 0.15, "log": False}
-    assert space.params["augment"]["choices"] == ["none", "shift", "crop"]  # no flip: digits
+    assert space.params["augment"]["choices"] == ["none", "shift"]  # no flip: digits; crop = shift
     assert "patience" not in space.params  # a fixed budget: early stopping would confound schedules
 
 
