@@ -27,6 +27,7 @@ SWEEPS = {
     "lenet-variants": ("val_acc_per_epoch.png", 8, 8),
     "data-fraction": ("error_vs_training_examples.png", 4, 2),  # 2 budgets x 2 fractions, shared
     "augmentation": ("val_acc_per_epoch.png", 2, 2),
+    "fashion-augment": ("val_acc_per_epoch.png", 2, 2),
     "lenet-vs-resnet": ("test_error_per_epoch.png", 2, 2),
     "pytorch-mnist-example": ("val_acc_per_epoch.png", 1, 1),
     "budget-check": ("val_acc_per_epoch.png", 2, 1),  # smoke caps both budgets at 1 epoch: one run
@@ -35,6 +36,7 @@ SWEEPS = {
 SLOW = {
     "lenet-variants",
     "augmentation",
+    "fashion-augment",
     "lenet-vs-resnet",
     "learning-rates",
     "data-fraction",
