@@ -235,11 +235,17 @@ class TrialConfig:
             return self.lr_step_size
         return max(1, math.ceil(self.scheduled_epochs() / 3))
 
+    def ignored_fields(self) -> tuple[str, ...]:
+        """Fields whose value changes nothing under this config: the step schedule's gamma and
+        step size under any other schedule (reports leave them out; a search may clip them)."""
+        return STEP_ONLY_FIELDS if self.lr_schedule != "step" else ()
+
     def model_options(self) -> dict[str, Any]:
         return {"variant": self.variant, "activation": self.activation, "pooling": self.pooling}
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrialConfig))
+STEP_ONLY_FIELDS = ("lr_gamma", "lr_step_size")  # fields only the step lr schedule reads
 
 
 def field_types() -> dict[str, type]:

@@ -140,3 +140,9 @@ def test_field_types_unwrap_optional_fields():
     types_ = field_types()
     assert types_["momentum"] is float and types_["weight_decay"] is float
     assert types_["split_seed"] is int and types_["patience"] is int and types_["precision"] is str
+
+
+def test_only_the_step_schedule_reads_gamma_and_step_size():
+    assert TrialConfig(lr_schedule="step").ignored_fields() == ()
+    for schedule in ("constant", "cosine", "onecycle"):
+        assert TrialConfig(lr_schedule=schedule).ignored_fields() == ("lr_gamma", "lr_step_size")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from lenet_core.config import from_dict
 from study.common.report import figure_links as _figures
 from study.common.report import md as _md
 from study.common.report import pct as _pct
@@ -237,9 +238,8 @@ def recipe_sentences(members: pd.DataFrame) -> list[str]:
             for key in RECIPE_FIELDS
             if first.get(key) is not None and all(c.get(key) == first[key] for c in configs)
         }
-        if shared.get("lr_schedule") != "step":  # gamma and step size only act under step
-            shared.pop("lr_gamma", None)
-            shared.pop("lr_step_size", None)
+        for key in from_dict(first).ignored_fields():  # step's gamma and size under another schedule
+            shared.pop(key, None)
         if not shared.get("warmup_epochs"):
             shared.pop("warmup_epochs", None)
         name = "LeNet-5 members" if model == "lenet5" else model

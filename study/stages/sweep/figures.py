@@ -87,7 +87,7 @@ def _seed_band(ok: pd.DataFrame, metric: str) -> tuple[pd.Series, pd.Series, pd.
 
 def _plot_metric(
     ax: plt.Axes, points: list[tuple[str, pd.DataFrame]], metric: str, *, legend: bool
-) -> list[str]:
+) -> list[OffScaleNote]:
     """One panel: every grid point's seed mean and band, failed runs dotted with their ends marked.
     Returns the panel's off-scale notes (see ``_mark_failed_ends``) for the caller to place."""
     styles = series_styles()
@@ -144,6 +144,9 @@ def _plot_metric(
 
 
 OFF_SCALE = "off scale"  # the note's first words, in every panel where a failed run's end is beyond
+# One edge's note: its header ("off scale (▲ above the axis, ...)") and an entry per grid point
+# ("lr=10 (2 diverged, ended at 1e+10)"); the caller lays it out beside the panel or as a footnote.
+OffScaleNote = tuple[str, list[str]]
 
 
 def _mark_failed_ends(
@@ -153,7 +156,7 @@ def _mark_failed_ends(
     limits: tuple[float, float] | None,
     *,
     legend: bool,
-) -> list[str]:
+) -> list[OffScaleNote]:
     """An x where each failed run ended. An end beyond the ok runs' y range (a diverged loss of
     1e10) or without a finite value is drawn on the top or bottom edge as a triangle pointing out
     of the axes; the returned notes (one per edge used) name those points, so nothing in the
@@ -201,20 +204,21 @@ def _mark_failed_ends(
                 )
                 name = None
     return [
-        f"{OFF_SCALE} ({'▲ above' if top else '▼ below'} the axis, marked on its edge): " + "; ".join(entries)
+        (f"{OFF_SCALE} ({'▲ above' if top else '▼ below'} the axis, marked on its edge)", entries)
         for top, entries in beyond.items()
         if entries
     ]
 
 
-def _note_beside(ax: plt.Axes, notes: list[str]) -> None:
-    """A one-column figure's off-scale notes right of its panel, under the legend: a note inside
-    would cover the curves near the edge, and the legend's column has room for it."""
-    for i, note in enumerate(notes):
+def _note_beside(ax: plt.Axes, notes: list[OffScaleNote]) -> None:
+    """A one-column figure's off-scale notes right of its panel, under the legend, a line per
+    grid point: a note inside would cover the curves near the edge, and the legend's column has
+    room for it."""
+    for i, (header, entries) in enumerate(notes):
         ax.text(
             1.02,
             0.2 * i,
-            note.replace(": ", ":\n", 1).replace("; ", "\n"),
+            f"{header}:\n" + "\n".join(entries),
             transform=ax.transAxes,
             ha="left",
             va="bottom",
@@ -223,11 +227,11 @@ def _note_beside(ax: plt.Axes, notes: list[str]) -> None:
         )
 
 
-def _footnote(fig: plt.Figure, notes: list[tuple[str, str]]) -> None:
-    """A grid's off-scale notes as one footnote under it, each after its panel's title: beside a
-    panel of a grid they would push the columns apart and shrink every panel."""
+def _footnote(fig: plt.Figure, notes: list[tuple[str, OffScaleNote]]) -> None:
+    """A grid's off-scale notes as one footnote under it, a line per note after its panel's title:
+    beside a panel of a grid they would push the columns apart and shrink every panel."""
     if notes:
-        text = "\n".join(f"{panel}: {note}" for panel, note in notes)
+        text = "\n".join(f"{panel}: {header}: " + "; ".join(entries) for panel, (header, entries) in notes)
         fig.text(0.01, 0.005, text, ha="left", va="bottom", fontsize="x-small", color="dimgrey")
 
 
@@ -306,7 +310,7 @@ def learning_curves(
     note = f"training vs validation: {BAND} (losses: {LOG_BAND})" + (
         f"; {THIN}" if _stopped_early(runs) else ""
     )
-    notes: list[tuple[str, str]] = []  # (panel title, its off-scale note)
+    notes: list[tuple[str, OffScaleNote]] = []  # (panel title, one of its off-scale notes)
     if facet is None:
         points = _grid_points(runs, epochs, swept)
         fig, axes = plt.subplots(2, 2, figsize=(13, 8), sharex=True)

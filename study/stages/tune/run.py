@@ -332,17 +332,13 @@ def default_point(base: TrialConfig, space: SearchSpace) -> list[dict[str, Any]]
         else:
             if spec["log"] and value == 0:
                 value = spec["low"]
-            if value is not None and name in STEP_ONLY and base.lr_schedule != "step":
+            if value is not None and name in base.ignored_fields():
                 value = min(max(value, spec["low"]), spec["high"])  # unused: any value trains the same
             inside = value is not None and spec["low"] <= value <= spec["high"]
         if not inside:
             return []
         point[name] = value
     return [point]
-
-
-# Fields only the step schedule reads: under any other schedule their value changes nothing.
-STEP_ONLY = ("lr_gamma", "lr_step_size")
 
 
 # PyTorch's default weight decay where it is not 0 (the config's None means "the optimizer's").

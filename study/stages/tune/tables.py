@@ -221,19 +221,14 @@ def group_table(trials: pd.DataFrame, name: str) -> pd.DataFrame:
     return table.sort_values("mean_val_acc", ascending=False)
 
 
-STEP_ONLY = ("lr_gamma", "lr_step_size")  # fields only the step lr schedule reads
-
-
 def searched_setting(config: TrialConfig, params: list[str]) -> str:
     """The searched fields of one config, in the space's order ("adam, lr 0.00082, tanh, ...").
 
-    Only searched fields: the fixed ones are the same for every trial and live in run.json. The
-    step schedule's gamma and step size are left out under any other schedule, which ignores them.
+    Only searched fields: the fixed ones are the same for every trial and live in run.json; those
+    the config ignores (``TrialConfig.ignored_fields``) are left out.
     """
     parts = []
-    for name in params:
-        if name in STEP_ONLY and config.lr_schedule != "step":
-            continue
+    for name in [p for p in params if p not in config.ignored_fields()]:
         value = getattr(config, name)
         label = name.replace("_", " ")
         if isinstance(value, float):
