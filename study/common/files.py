@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,12 +116,24 @@ def _remove_if_unused(folder: Path, new_folders: list[Path]) -> None:
             break
 
 
+def _temp_sibling(path: Path) -> tuple[int, Path]:
+    """A new hidden file next to ``path``, open for writing: (descriptor, its path).
+
+    Created with mode 0o666 less the umask, as ``open`` would (``mkstemp``'s 0o600 would make every
+    result unreadable to the rest of a team)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path``; on success it replaces ``path`` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+    fd, tmp = _temp_sibling(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -134,10 +147,8 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
 
 def write_via_temp(path: Path, writer: Callable[[Path], None]) -> None:
     """For libraries that want a file name (parquet, savefig, torch.save): write, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_sibling(path)
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         writer(tmp)
         os.replace(tmp, path)

@@ -1,4 +1,5 @@
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -60,3 +61,21 @@ def test_no_rows_give_files_without_columns(tmp_path):
     write_records([], tmp_path / "t")
     assert pq.read_table(tmp_path / "t.parquet").num_columns == 0
     assert (tmp_path / "t.csv").read_text() == "\n"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_results_are_written_with_the_users_umask_like_any_file(tmp_path, umask, mode):
+    """Results are shared: a teammate can read them unless the user's umask says otherwise
+    (a temporary file from ``mkstemp`` would make every result 0o600)."""
+    from study.common.files import write_json, write_text
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"v": 1})
+        write_records([{"a": 1}], tmp_path / "t")  # parquet and csv, written through a file name
+        write_text(tmp_path / "a.json", "{}")  # replacing a file
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == dict.fromkeys(
+        ["a.json", "t.parquet", "t.csv"], mode
+    )
