@@ -9,7 +9,9 @@ Ray's object store (``tune.with_parameters``), where its uint8 arrays are read z
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import pickletools
 import re
 import time
 from dataclasses import dataclass
@@ -222,6 +224,7 @@ def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> boo
                 f"--resume refused: the study in {folder} was started with a "
                 f"different {key.replace('_s', '').replace('_', ' ')}"
             )
+    check_saved_state(folder / RAY_FOLDER)
     last_run = read_run_info(folder)
     if last_run.get("budget_spent"):
         # Tune's searcher is finished for good once the budget stopped it: no trial would start.
@@ -230,6 +233,35 @@ def check_resume(folder: Path, identity: dict[str, Any], *, resume: bool) -> boo
             "there is nothing to resume. Start another --name for more trials"
         )
     return True
+
+
+def _is_whole(path: Path) -> bool:
+    """Whether one of Tune's saved state files is complete: a JSON document or a pickle to its STOP
+    opcode (read, never run: Tune names some pickles ``.json``)."""
+    data = path.read_bytes()
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        pass
+    try:
+        for _ in pickletools.genops(data):
+            pass
+        return True
+    except ValueError:  # "pickle exhausted before seeing STOP", or a length past the end
+        return False
+
+
+def check_saved_state(ray_folder: Path) -> None:
+    """Refuse a resume from Tune state files cut short (a study killed while Tune copied them, before
+    ``study.common.tune_storage`` made those copies atomic): Tune would log the error, start the
+    study over inside the half-restored run, and never end."""
+    for path in sorted(ray_folder.glob("*.json")) + sorted(ray_folder.glob("*.pkl")):
+        if not _is_whole(path):
+            raise StudyError(
+                f"--resume: Tune's saved state {path} is cut short (the study was killed while Tune "
+                "saved it), so the study cannot be restored; start it again under another --name"
+            )
 
 
 def build_tuner(
@@ -249,6 +281,8 @@ def build_tuner(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from study.common.tune_storage import atomic_local_filesystem
+
     trainable = tune.with_resources(
         tune.with_parameters(
             tune_trainable,
@@ -260,12 +294,14 @@ def build_tuner(
         plan.as_ray_resources(),
     )
     storage = str(folder.resolve())
+    files = atomic_local_filesystem()  # a kill mid-save leaves whole files behind (tune_storage)
     if resume:
         tuner = tune.Tuner.restore(
             str(folder.resolve() / RAY_FOLDER),
             trainable=trainable,
             resume_unfinished=True,
             resume_errored=True,
+            storage_filesystem=files,
         )
         # Callbacks are driver-side display only; the restored ones are rebuilt fresh.
         from study.common.ray_adapter import set_restored_callbacks
@@ -307,6 +343,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=RAY_FOLDER,
             storage_path=storage,
+            storage_filesystem=files,
             verbose=0,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),

@@ -7,7 +7,9 @@ and token live under the temporary HOME and RAY_TMPDIR that conftest.py sets.
 
 import json
 import os
+import pickle
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -195,6 +197,50 @@ def test_a_study_json_from_before_the_asha_keys_resumes_only_with_what_it_ran(tm
     assert (fifo_identity["grace_period"], fifo_identity["reduction_factor"]) == (None, None)  # no rungs
     old_fifo = {k: v for k, v in fifo_identity.items() if k not in ("grace_period", "reduction_factor")}
     assert check_resume(started_study(tmp_path / "fifo" / "tune", old_fifo), fifo_identity, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "whole"),
+    [
+        ("searcher-state-2026-12-07_04-23-30.pkl", pickle.dumps({"counter": 3, "blob": bytes(5000)})),
+        ("search_gen_state-2026-12-07_04-23-30.json", pickle.dumps({"counter": 3})),  # a pickle, so named
+        ("experiment_state-2026-12-07_04-23-30.json", json.dumps({"trial_data": [["{}", "{}"]]}).encode()),
+    ],
+    ids=["searcher", "search-generator", "experiment"],
+)
+def test_a_resume_from_tune_state_cut_short_is_refused_naming_the_file(tmp_path, name, whole):
+    """A study killed while Tune copied its state (before those copies were atomic) left a truncated
+    file; Tune's restore fails on it, starts the study over inside the half-restored run and hangs."""
+    from lenet_core.errors import StudyError
+    from study.stages.tune.run import TuneSettings, check_resume
+
+    identity = digits_study_identity(TuneSettings(trials=4))
+    folder = started_study(tmp_path / "s" / "tune", identity)
+    (folder / "ray" / name).write_bytes(whole)
+    assert check_resume(folder, identity, resume=True)
+    for cut in (whole[: len(whole) // 2], b""):
+        (folder / "ray" / name).write_bytes(cut)
+        with pytest.raises(StudyError, match=rf"--resume: Tune's saved state .*/ray/{name} is cut short"):
+            check_resume(folder, identity, resume=True)
+
+
+def test_resume_from_a_searcher_state_cut_short_exits_2_and_changes_nothing(small_study, tmp_path):
+    folder, _ = small_study
+    # Tune was given the atomic file system (study.common.tune_storage): its pickled Tuner names it
+    assert b"study.common.tune_storage" in (folder / "ray" / "tuner.pkl").read_bytes()
+    copy = tmp_path / "s" / "tune"
+    shutil.copytree(folder, copy)
+    (searcher_state,) = copy.glob("ray/searcher-state-*.pkl")
+    searcher_state.write_bytes(searcher_state.read_bytes()[:1000])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    args = [*SMALL_STUDY, "--max-concurrent", "2", "--out", str(tmp_path), "--name", "s", "--resume"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"Tune's saved state {searcher_state.resolve()} is cut short" in result.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"} == {
+        p: b for p, b in before.items() if p.name != ".lock"
+    }
 
 
 @pytest.mark.parametrize(
