@@ -238,16 +238,17 @@ def last_trial_reports(tune_folder: Path) -> dict[str, dict[str, Any]]:
     """The last report of every trial that has one, by trial id, from the ``result.json`` files
     under ``tune_folder/ray``.
 
-    Tune writes those files in a staging folder under Ray's temp dir and copies them here, in
-    place, each time it saves its experiment state (every ``TUNE_GLOBAL_CHECKPOINT_S``, 10 s by
-    default): a file read mid-copy may end in a partial line, which is skipped for the one before.
+    Tune writes those files in a staging folder under Ray's temp dir and copies them here each time
+    it saves its experiment state (every ``TUNE_GLOBAL_CHECKPOINT_S``, 10 s by default), so they lag.
+    A study's copies are renamed into place (``study.common.tune_storage``); a folder copied by plain
+    Tune, in place, may end in a partial line, which is skipped for the one before.
     """
     reports: dict[str, dict[str, Any]] = {}
     for path in tune_folder.glob("ray/*/result.json"):
         for line in reversed(path.read_text().splitlines()):
             try:
                 row = json.loads(line)
-            except ValueError:  # cut short by a copy in progress
+            except ValueError:  # cut short by an in-place copy in progress
                 continue
             reports[row["trial_id"]] = row
             break

@@ -18,6 +18,7 @@ searcher's. ``study.stages.tune.run.check_saved_state`` refuses a resume from a 
 
 from __future__ import annotations
 
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from study.common.files import atomic_open
+from study.common.files import atomic_open, write_via_temp
 
 
 class ReplaceOnClose:
@@ -99,9 +100,7 @@ class AtomicLocalFiles(pafs.FileSystemHandler):
         self._local.move(src, dest)  # a rename: atomic already
 
     def copy_file(self, src: str, dest: str) -> None:
-        with self._local.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
-            while chunk := source.read(1 << 20):
-                target.write(chunk)
+        write_via_temp(Path(dest), lambda temp: shutil.copyfile(src, temp))
 
     def open_input_stream(self, path: str) -> pa.NativeFile:
         return self._local.open_input_stream(path)

@@ -172,8 +172,8 @@ def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_trial_reports_read_mid_copy_skip_the_partial_line(tmp_path):
-    """The helper the fault tests watch Tune with: Tune copies result.json in place, so a read may
-    end in half a line; the last whole line stands, and a file with none yet is not a report."""
+    """The helper the fault tests watch Tune with: plain Tune copies result.json in place, so a read
+    may end in half a line; the last whole line stands, and a file with none yet is not a report."""
     for trial, text in {
         "a": '{"trial_id": "a", "epoch": 1}\n{"trial_id": "a", "ep',
         "b": "",

@@ -531,7 +531,7 @@ def test_interrupted_study_resumes_without_losing_or_repeating_trials(tmp_path, 
         ended = [trial_id for trial_id, status in saved.items() if status == "TERMINATED"]
         rows = last_trial_reports(folder) if 2 <= len(ended) < 4 else {}
         # each ended trial's copied result.json must hold its last epoch: Tune copies the files
-        # from its staging folder in place, so a read can lag or end before the last line
+        # from its staging folder every 2 s, so a read can lag behind the saved state
         if rows and all(rows.get(trial_id, {}).get("epoch") == 8 for trial_id in ended):
             finished_before = {trial_id: rows[trial_id] for trial_id in ended}
             break
